@@ -1,0 +1,1 @@
+"""hookstream: the command line, the embedded servers and the migrations."""

@@ -1,0 +1,1 @@
+"""Code shared by the ingress and the workers: settings, the stream record, the event model."""

@@ -1,0 +1,80 @@
+"""The one event model every provider's webhook is normalized into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Mapping
+
+
+class Kind(StrEnum):
+    INBOUND = "inbound"  # a text from a person (MO, reply)
+    STATUS = "status"  # a delivery report for a message we sent
+    EVENT = "event"  # a channel event: click, suggestion tap, deletion
+    CONSENT = "consent"  # a provider-decided opt-out or opt-in
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+
+
+class Reason(StrEnum):
+    INVALID_NUMBER = "invalid_number"
+    BLOCKED = "blocked"
+    OPTED_OUT = "opted_out"
+    EXPIRED = "expired"
+    OTHER = "other"
+
+
+class Outcome(StrEnum):
+    """What an inbound text or a provider signal means for consent (optout.md §1)."""
+
+    OPT_OUT = "opt_out"
+    OPT_OUT_ALL = "opt_out_all"
+    OPT_IN = "opt_in"
+    HELP = "help"
+    POSSIBLE_OPT_OUT = "possible_opt_out"
+    NONE = "none"
+
+
+GLOBAL_SCOPE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One normalized event. Provider values are kept verbatim beside the normalized ones.
+
+    `dedupe_key` is built from provider data only (never our clock or the normalizer
+    version), so a retried delivery or a replay lands on the same row.
+    """
+
+    provider: str
+    feed: str
+    kind: Kind
+    dedupe_key: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    occurred_at: datetime | None = None  # provider time, timezone-aware UTC
+    provider_event_id: str | None = None  # the provider's own id of this event, if it has one
+    message_ref: str | None = None  # the provider's id of the message this is about
+    phone: str | None = None  # the person: E.164, or an id such as Mx2's subscriberId
+    phone_raw: str | None = None
+    counterpart: str | None = None  # our side: short code, long number or sender id
+    counterpart_raw: str | None = None
+    body: str | None = None
+    status: Status | None = None
+    provider_status: str | None = None
+    provider_reason: str | None = None
+    reason: Reason | None = None
+    user_ref: str | None = None  # the sender's own reference echoed back
+    event_type: str | None = None  # provider's name for a channel event (click, SuggestionClick)
+    consent: Outcome | None = None  # set on kind=consent (provider-decided) and on keyword hits
+    scope: str | None = None  # consent scope: what the person replied to, or "*"
+    keyword: str | None = None  # the matched keyword of an inbound text
+    outcome: Outcome | None = None  # keyword outcome of an inbound text

@@ -1,0 +1,43 @@
+"""Phone numbers to E.164, following the contract's rules for the forms providers send."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+SHORT_CODE_MAX_DIGITS = 6
+
+
+def normalize_phone(raw: str | int | None, default_region: str | None = None) -> str | None:
+    """E.164 with `+` when the value is a phone number; otherwise the value as it came.
+
+    `+…` and `00…` are international; 8+ digits without a leading 0 are international
+    without their `+` (smsmode `336…`, GatewayAPI integers); a single leading 0 is national
+    and needs `default_region`. Short codes and alphanumeric senders are returned unchanged.
+    """
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if not text:
+        return None
+    compact = "".join(ch for ch in text if ch not in " -.()/")
+    if compact.startswith("+"):
+        candidate, region = compact, None
+    elif compact.startswith("00") and compact[2:].isdigit():
+        candidate, region = "+" + compact[2:], None
+    elif not compact.isdigit() or len(compact) <= SHORT_CODE_MAX_DIGITS:
+        return text
+    elif compact.startswith("0"):
+        if not default_region:
+            return text
+        candidate, region = compact, default_region
+    elif len(compact) >= 8:
+        candidate, region = "+" + compact, None
+    else:
+        return text
+    try:
+        number = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException:
+        return text
+    if not phonenumbers.is_possible_number(number):
+        return text
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

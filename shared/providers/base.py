@@ -1,0 +1,104 @@
+"""The contract every provider module meets, and the decoding helpers they share.
+
+A provider module exposes `NAME`, `FEEDS` and one pure function
+`parse(record, ctx) -> list[Event]`; it raises `ParseError` with a reason for a record it
+cannot read (the worker turns that into a dead letter). Status tables are dicts; unknown
+values fall to `Status.UNKNOWN`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+from urllib.parse import parse_qsl
+from xml.etree.ElementTree import Element
+
+import orjson
+from defusedxml import ElementTree as SafeET
+from defusedxml.common import DefusedXmlException
+
+from shared.errors import ParseError
+from shared.events import Event
+from shared.record import RawRecord
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True, slots=True)
+class ParseContext:
+    """Settings a normalizer needs; passed in, never read from the environment."""
+
+    default_region: str | None = None
+
+
+class Provider(Protocol):
+    NAME: str
+    FEEDS: frozenset[str]
+
+    def parse(self, record: RawRecord, ctx: ParseContext) -> list[Event]: ...
+
+
+def json_object(record: RawRecord) -> dict[str, Any]:
+    """The body as a JSON object, or ParseError saying why not."""
+    try:
+        value = orjson.loads(record.body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ParseError(f"body is JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def _decode(raw: bytes) -> str:
+    # The older smsmode API is Latin-based; UTF-8 first, ISO-8859-15 when the bytes say so.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("iso-8859-15")
+
+
+def query_params(record: RawRecord) -> dict[str, str]:
+    """Query-string parameters, plus a form-encoded body; the first value of a repeated key wins."""
+    pairs = parse_qsl(record.query, keep_blank_values=True)
+    if record.mime_type == FORM_TYPE and record.body:
+        pairs += parse_qsl(record.body, keep_blank_values=True)
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        params.setdefault(_decode(key), _decode(value))
+    return params
+
+
+def xml_root(record: RawRecord) -> Element:
+    """The body as XML, refusing entity expansion and external references."""
+    try:
+        return SafeET.fromstring(record.body)
+    except DefusedXmlException as exc:
+        raise ParseError(f"XML refused: {type(exc).__name__}") from exc
+    except SafeET.ParseError as exc:
+        raise ParseError(f"body is not valid XML: {exc}") from exc
+
+
+def looks_like_xml(record: RawRecord) -> bool:
+    return "xml" in record.mime_type or record.body.lstrip()[:1] == b"<"
+
+
+def text_or_none(value: object) -> str | None:
+    """A provider scalar as text: None and "" become None, numbers become their digits."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value).strip() if not isinstance(value, str) else value.strip()
+    return text or None
+
+
+def require(mapping: Mapping[str, Any], *names: str) -> None:
+    """ParseError naming the first missing or empty field."""
+    for name in names:
+        if text_or_none(mapping.get(name)) is None:
+            raise ParseError(f"required field {name!r} is missing or empty")
+
+
+def lower_keys(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys folded to lower case, for providers that spell a field two ways (Mx2 statusMessage)."""
+    return {str(key).lower(): value for key, value in mapping.items()}

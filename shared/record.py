@@ -1,0 +1,67 @@
+"""The raw stream record: what the ingress appends to Redis and what the workers read back.
+
+The ingress stores the request as it came (no parsing of the body on the hot path); the
+worker decodes it here. Field names are short because every stream entry carries them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import orjson
+
+RECORD_VERSION = 1
+
+# Headers a worker needs later (signatures are re-read, user agents help debugging).
+KEPT_HEADERS = ("content-type", "user-agent", "x-gwapi-signature", "signature")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    provider: str
+    feed: str
+    method: str
+    query: bytes
+    content_type: str
+    headers: Mapping[str, str]
+    client: str
+    received_at_ms: int
+    body: bytes
+    version: int = RECORD_VERSION
+    stream_id: str | None = field(default=None, compare=False)
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        return {
+            b"v": str(self.version).encode(),
+            b"p": self.provider.encode(),
+            b"f": self.feed.encode(),
+            b"m": self.method.encode(),
+            b"q": self.query,
+            b"ct": self.content_type.encode("latin-1", "replace"),
+            b"h": orjson.dumps(dict(self.headers)),
+            b"ip": self.client.encode(),
+            b"t": str(self.received_at_ms).encode(),
+            b"b": self.body,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes, bytes], stream_id: str | None = None) -> RawRecord:
+        """Decode a stream entry; raises KeyError/ValueError on an entry that is not a record."""
+        return cls(
+            provider=fields[b"p"].decode(),
+            feed=fields[b"f"].decode(),
+            method=fields[b"m"].decode(),
+            query=fields.get(b"q", b""),
+            content_type=fields.get(b"ct", b"").decode("latin-1"),
+            headers=orjson.loads(fields.get(b"h", b"{}")),
+            client=fields.get(b"ip", b"").decode(),
+            received_at_ms=int(fields[b"t"]),
+            body=fields.get(b"b", b""),
+            version=int(fields.get(b"v", b"1")),
+            stream_id=stream_id,
+        )
+
+    @property
+    def mime_type(self) -> str:
+        return self.content_type.split(";", 1)[0].strip().lower()

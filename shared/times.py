@@ -1,0 +1,44 @@
+"""Provider times to timezone-aware UTC. Each provider module names its own time-zone assumption."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from shared.errors import ParseError
+
+
+def from_local(text: str | None, fmt: str, zone: str) -> datetime | None:
+    """A naive provider time read in `zone` (DST-aware), returned in UTC; empty → None."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        naive = datetime.strptime(str(text).strip(), fmt)
+    except ValueError as exc:
+        raise ParseError(f"time {text!r} does not match {fmt!r}") from exc
+    return naive.replace(tzinfo=ZoneInfo(zone)).astimezone(timezone.utc)
+
+
+def from_epoch(value: object) -> datetime | None:
+    """UNIX seconds (int or numeric string) → UTC; empty → None."""
+    if value is None or value == "":
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise ParseError(f"epoch time {value!r} is not a number of seconds") from exc
+
+
+def from_iso(text: object) -> datetime | None:
+    """ISO-8601; a value without an offset is taken as UTC. Empty → None."""
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise ParseError(f"time {text!r} is not a string")
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ParseError(f"time {text!r} is not ISO-8601") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
