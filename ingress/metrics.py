@@ -1,0 +1,27 @@
+"""The ingress's Prometheus metrics, in a registry of its own (no process-wide globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "hookstream_ingress_requests",
+            "Webhook requests by provider, feed and outcome.",
+            ["provider", "feed", "outcome"],
+            registry=self.registry,
+        )
+        self.append_seconds = Histogram(
+            "hookstream_ingress_append_seconds",
+            "Time from a request's append call until Redis held the record.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.append_errors = Counter(
+            "hookstream_ingress_append_errors",
+            "Appends that failed (answered 503).",
+            registry=self.registry,
+        )

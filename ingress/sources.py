@@ -1,0 +1,81 @@
+"""Which addresses may call each provider's routes.
+
+A configured list replaces the default. GatewayAPI's default comes from DNS, resolved in the
+background so the ingress listens at once; until the first answer the fallback list applies,
+and a failed refresh keeps the last good set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import Awaitable, Callable, Iterable
+
+from shared.settings import CM_RANGES, GATEWAYAPI_DNS, LOOPBACK, NetList, Settings
+
+log = logging.getLogger("hookstream.ingress")
+
+Resolver = Callable[[], Awaitable[Iterable[str]]]
+
+ANY = NetList(any_address=True)
+
+
+async def resolve_gatewayapi(names: Iterable[tuple[str, str]] = GATEWAYAPI_DNS, timeout_s: float = 5.0) -> set[str]:
+    """A and AAAA records of GatewayAPI's published names; names that fail are skipped."""
+    loop = asyncio.get_running_loop()
+    found: set[str] = set()
+    for name, record in names:
+        family = socket.AF_INET if record == "A" else socket.AF_INET6
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(name, None, family=family), timeout_s)
+        except (OSError, asyncio.TimeoutError):
+            continue
+        found.update(str(info[4][0]) for info in infos)
+    return found
+
+
+class DnsAllowList:
+    """The GatewayAPI list, refreshed from DNS by `run()`."""
+
+    def __init__(self, fallback: NetList, resolver: Resolver, refresh_s: float) -> None:
+        self.current = fallback
+        self._resolver = resolver
+        self._refresh_s = refresh_s
+
+    async def refresh(self) -> None:
+        try:
+            addresses = [ipaddress.ip_network(a, strict=False) for a in await self._resolver()]
+        except Exception as exc:  # DNS trouble must never take the ingress down
+            log.warning("gatewayapi address refresh failed, keeping the last list: %s", type(exc).__name__)
+            return
+        if addresses:
+            self.current = NetList(tuple(sorted(set(addresses), key=str)))
+        else:
+            log.warning("gatewayapi address refresh returned nothing, keeping the last list")
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._refresh_s)
+
+
+class SourcePolicy:
+    """The allow-list in force for each provider (local profile: loopback added everywhere)."""
+
+    def __init__(self, settings: Settings, gatewayapi_dns: DnsAllowList) -> None:
+        self._gatewayapi_dns = gatewayapi_dns
+        self._extra = NetList.parse(LOOPBACK) if settings.local_profile else NetList()
+        defaults = {"cm": NetList.parse(CM_RANGES), "smsmode": ANY, "mx2": ANY}
+        self._static = {
+            provider: (configured or defaults.get(provider))
+            for provider, configured in settings.allowed_ips.items()
+        }
+        for provider, default in defaults.items():
+            self._static.setdefault(provider, default)
+
+    def allowed(self, provider: str) -> NetList:
+        static = self._static.get(provider)
+        base = static if static is not None else self._gatewayapi_dns.current
+        return base.plus(self._extra) if self._extra.networks else base

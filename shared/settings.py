@@ -1,0 +1,195 @@
+"""One typed settings object, parsed once from the environment and passed explicitly."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from shared.errors import ConfigError
+
+PROVIDERS = ("cm", "smsmode", "mx2", "gatewayapi")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# CM publishes these ranges for the services that send events (brief, "Whitelisting").
+CM_RANGES = "31.169.56.0/21,85.119.48.0/21,188.94.184.0/22"
+LOOPBACK = "127.0.0.1/32,::1/128"
+PRIVATE_AND_LOOPBACK = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+GATEWAYAPI_DNS = (("ips.gatewayapi.eu", "A"), ("ips.gatewayapi.com", "AAAA"), ("ips.gatewayapi.eu", "AAAA"), ("ips.gatewayapi.com", "A"))
+
+
+class Secret:
+    """One or more comma-separated secret values (rotation); never shown in reprs or logs."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, raw: str) -> None:
+        self._values = tuple(v.strip() for v in raw.split(",") if v.strip())
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return self._values
+
+    def __repr__(self) -> str:
+        return f"Secret(<{len(self._values)} value(s) hidden>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class NetList:
+    """An address allow-list; `any_address` admits everything, even an unknown client."""
+
+    networks: tuple[IPNetwork, ...] = ()
+    any_address: bool = False
+
+    @classmethod
+    def parse(cls, raw: str, name: str = "value") -> NetList:
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        if "*" in items:
+            return cls(any_address=True)
+        try:
+            return cls(tuple(ipaddress.ip_network(item, strict=False) for item in items))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from exc
+
+    def admits(self, address: IPAddress | None) -> bool:
+        if self.any_address:
+            return True
+        if address is None:
+            return False
+        return any(address in net for net in self.networks)
+
+    def plus(self, other: NetList) -> NetList:
+        return NetList(self.networks + other.networks, self.any_address or other.any_address)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _duration_s(env: Mapping[str, str], name: str, default: int) -> int:
+    """Seconds, or a number with a unit: 90s, 30m, 24h, 7d."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (raw[:-1], units[raw[-1]]) if raw[-1] in units else (raw, 1)
+    try:
+        return int(float(number) * unit)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a duration such as 3600, 90m, 24h or 7d") from None
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    secret = Secret(env.get(name, ""))
+    return secret if secret.values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    database_url: str | None = None
+    trusted_proxies: NetList = field(default_factory=NetList)
+    allowed_ips: Mapping[str, NetList | None] = field(default_factory=dict)  # None: the provider's default
+    tokens: Mapping[str, Secret | None] = field(default_factory=dict)
+    gatewayapi_secret: Secret | None = None
+    gatewayapi_webhook_secret: Secret | None = None
+    gatewayapi_fallback_ips: NetList = field(default_factory=NetList)
+    gatewayapi_dns_refresh_s: int = 300
+    metrics_allowed_ips: NetList = field(default_factory=lambda: NetList.parse(PRIVATE_AND_LOOPBACK))
+    max_body_bytes: int = 64 * 1024
+    key_prefix: str = "hookstream"
+    stream_retention_s: int = 24 * 3600
+    default_region: str | None = None
+    gatewayapi_keywords: frozenset[str] = frozenset()
+    batch_size: int = 500
+    batch_wait_ms: int = 50
+    max_inflight_batches: int = 8
+    visibility_timeout_s: int = 60
+    job_timeout_s: int = 30
+    max_deliveries: int = 5
+    result_ttl_s: int = 60
+    failure_ttl_s: int = 3 * 86400
+    pg_pool_size: int = 2
+    metrics_port: int = 0  # workers and dispatcher: 0 = no metrics server
+    local_profile: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        allowed: dict[str, NetList | None] = {}
+        tokens: dict[str, Secret | None] = {}
+        for provider in PROVIDERS:
+            name = f"HOOKSTREAM_{provider.upper()}_ALLOWED_IPS"
+            allowed[provider] = NetList.parse(env[name], name) if env.get(name, "").strip() else None
+            tokens[provider] = _secret(env, f"HOOKSTREAM_{provider.upper()}_TOKEN")
+        keywords = env.get("HOOKSTREAM_GATEWAYAPI_KEYWORDS", "")
+        return cls(
+            redis_url=env.get("HOOKSTREAM_REDIS_URL") or None,
+            database_url=env.get("HOOKSTREAM_DATABASE_URL") or None,
+            trusted_proxies=NetList.parse(env.get("HOOKSTREAM_TRUSTED_PROXIES", ""), "HOOKSTREAM_TRUSTED_PROXIES"),
+            allowed_ips=allowed,
+            tokens=tokens,
+            gatewayapi_secret=_secret(env, "HOOKSTREAM_GATEWAYAPI_SECRET"),
+            gatewayapi_webhook_secret=_secret(env, "HOOKSTREAM_GATEWAYAPI_WEBHOOK_SECRET"),
+            gatewayapi_fallback_ips=NetList.parse(
+                env.get("HOOKSTREAM_GATEWAYAPI_FALLBACK_IPS", ""), "HOOKSTREAM_GATEWAYAPI_FALLBACK_IPS"
+            ),
+            gatewayapi_dns_refresh_s=_duration_s(env, "HOOKSTREAM_GATEWAYAPI_DNS_REFRESH", 300),
+            metrics_allowed_ips=NetList.parse(
+                env.get("HOOKSTREAM_METRICS_ALLOWED_IPS", PRIVATE_AND_LOOPBACK), "HOOKSTREAM_METRICS_ALLOWED_IPS"
+            ),
+            max_body_bytes=_int(env, "HOOKSTREAM_MAX_BODY_BYTES", 64 * 1024, minimum=1),
+            key_prefix=env.get("HOOKSTREAM_KEY_PREFIX", "hookstream").strip() or "hookstream",
+            stream_retention_s=_duration_s(env, "HOOKSTREAM_STREAM_RETENTION", 24 * 3600),
+            default_region=(env.get("HOOKSTREAM_DEFAULT_REGION", "").strip().upper() or None),
+            gatewayapi_keywords=frozenset(k.strip().casefold() for k in keywords.split(",") if k.strip()),
+            batch_size=_int(env, "HOOKSTREAM_BATCH_SIZE", 500, minimum=1),
+            batch_wait_ms=_int(env, "HOOKSTREAM_BATCH_WAIT_MS", 50),
+            max_inflight_batches=_int(env, "HOOKSTREAM_MAX_INFLIGHT_BATCHES", 8, minimum=1),
+            visibility_timeout_s=_duration_s(env, "HOOKSTREAM_VISIBILITY_TIMEOUT", 60),
+            job_timeout_s=_duration_s(env, "HOOKSTREAM_JOB_TIMEOUT", 30),
+            max_deliveries=_int(env, "HOOKSTREAM_MAX_DELIVERIES", 5, minimum=1),
+            result_ttl_s=_duration_s(env, "HOOKSTREAM_RESULT_TTL", 60),
+            failure_ttl_s=_duration_s(env, "HOOKSTREAM_FAILURE_TTL", 3 * 86400),
+            pg_pool_size=_int(env, "HOOKSTREAM_PG_POOL_SIZE", 2, minimum=1),
+            metrics_port=_int(env, "HOOKSTREAM_METRICS_PORT", 0),
+        )
+
+    @property
+    def stream(self) -> str:
+        return f"{self.key_prefix}:raw"
+
+    @property
+    def group(self) -> str:
+        return f"{self.key_prefix}:workers"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.key_prefix}"
+
+    @property
+    def replay_queue(self) -> str:
+        return f"{self.key_prefix}-replay"
+
+    @property
+    def inflight_key(self) -> str:
+        """Hash: stream entry id → the RQ job that holds it (for safe reclaim)."""
+        return f"{self.key_prefix}:inflight"
+
+    def redis_url_or_default(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    def database_url_or_default(self) -> str:
+        return self.database_url or "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -1,0 +1,44 @@
+"""The client-address walk, table-driven."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ingress.client import client_address, parse_address
+from shared.settings import NetList
+
+TRUSTED = NetList.parse("10.0.0.0/8,fd00::/8")
+
+
+@pytest.mark.parametrize(
+    ("label", "peer", "xff", "expected"),
+    [
+        ("untrusted peer ignores the header", "203.0.113.9", ["31.169.56.1"], "203.0.113.9"),
+        ("trusted peer, no header", "10.0.0.1", [], "10.0.0.1"),
+        ("trusted peer, one entry", "10.0.0.1", ["31.169.56.1"], "31.169.56.1"),
+        ("right-most untrusted wins", "10.0.0.1", ["6.6.6.6, 31.169.56.1"], "31.169.56.1"),
+        ("trusted hops are skipped", "10.0.0.1", ["6.6.6.6, 31.169.56.1, 10.1.1.1"], "31.169.56.1"),
+        ("header lines are joined in order", "10.0.0.1", ["6.6.6.6", "31.169.56.1, 10.2.2.2"], "31.169.56.1"),
+        ("only trusted entries → peer", "10.0.0.1", ["10.1.1.1, 10.2.2.2"], "10.0.0.1"),
+        ("port stripped", "10.0.0.1", ["31.169.56.1:4711"], "31.169.56.1"),
+        ("bracketed v6 with port", "10.0.0.1", ["[2001:db8::1]:443"], "2001:db8::1"),
+        ("bare v6", "10.0.0.1", ["2001:db8::2"], "2001:db8::2"),
+        ("v4-mapped unmapped", "10.0.0.1", ["::ffff:31.169.56.1"], "31.169.56.1"),
+        ("v4-mapped peer unmapped", "::ffff:203.0.113.9", [], "203.0.113.9"),
+        ("garbage before the client → none", "10.0.0.1", ["31.169.56.1, garbage"], None),
+        ("garbage left of the client is never read", "10.0.0.1", ["garbage, 31.169.56.1"], "31.169.56.1"),
+        ("empty entry → none", "10.0.0.1", ["31.169.56.1, "], None),
+        ("v6 trusted proxy", "fd00::1", ["31.169.56.1"], "31.169.56.1"),
+        ("no peer", None, ["31.169.56.1"], None),
+    ],
+)
+def test_client_address(label: str, peer: str | None, xff: list[str], expected: str | None) -> None:
+    result = client_address(peer, xff, TRUSTED)
+    assert result == (ipaddress.ip_address(expected) if expected else None), label
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1.2.3.4.5", "[::1", "999.1.1.1", "\x00"])
+def test_parse_address_rejects_garbage(text: str) -> None:
+    assert parse_address(text) is None
