@@ -7,6 +7,7 @@ worker decodes it here. Field names are short because every stream entry carries
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Mapping
 
 import orjson
@@ -61,6 +62,10 @@ class RawRecord:
             version=int(fields.get(b"v", b"1")),
             stream_id=stream_id,
         )
+
+    @property
+    def received_at(self) -> datetime:
+        return datetime.fromtimestamp(self.received_at_ms / 1000, tz=timezone.utc)
 
     @property
     def mime_type(self) -> str:

@@ -59,7 +59,8 @@ CREATE TABLE consent (
     subject     text        NOT NULL,
     scope       text        NOT NULL,       -- what the person replied to, or '*' for every scope
     state       text        NOT NULL CHECK (state IN ('opted_in', 'opted_out')),
-    changed_at  timestamptz NOT NULL,       -- provider time of the deciding event
+    changed_at  timestamptz NOT NULL,       -- provider time of the event that set this state
+    confirmed_at timestamptz NOT NULL,      -- provider time of the latest event asserting it (a repeated STOP)
     keyword     text,
     provider    text        NOT NULL,
     event_key   text        NOT NULL,

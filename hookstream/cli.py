@@ -1,0 +1,109 @@
+"""The `hookstream` command: one subcommand per process, settings from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from shared import logs
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+log = logging.getLogger("hookstream")
+
+
+def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ingress.app import create_app
+
+    if args.local_profile:
+        settings = dataclasses.replace(settings, local_profile=True)
+    app = create_app(settings)
+    # proxy_headers off: the ingress does its own trusted-proxy walk. Access log off: query strings
+    # carry phone numbers and texts.
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", proxy_headers=False,
+                access_log=False, server_header=False, log_config=None, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from hookstream.migrate import migrate
+
+    applied = migrate(settings.database_url_or_default())
+    log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
+    return 0
+
+
+def cmd_dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from workers.dispatch import Dispatcher
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    redis = Redis.from_url(settings.redis_url_or_default(), socket_timeout=10, socket_connect_timeout=2)
+    Dispatcher(settings, redis).run(stop)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.worker import run_workers
+
+    return run_workers(settings, processes=args.processes, burst=args.burst)
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from hookstream.run import run_all
+
+    return run_all(settings, host=args.host, port=args.port, workers=args.workers)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="hookstream", description="Webhook ingestion pipeline for SMS providers.")
+    sub = top.add_subparsers(dest="command", required=True)
+    host = os.environ.get("HOOKSTREAM_HOST", "0.0.0.0")
+    port = int(os.environ.get("HOOKSTREAM_PORT", "8000"))
+
+    p = sub.add_parser("ingress", help="serve the webhook endpoints (needs only Redis)")
+    p.add_argument("--host", default=host)
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--local-profile", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_ingress)
+
+    sub.add_parser("migrate", help="apply the Postgres migrations").set_defaults(handler=cmd_migrate)
+    sub.add_parser("dispatch", help="read the stream and enqueue batches").set_defaults(handler=cmd_dispatch)
+
+    p = sub.add_parser("worker", help="process batches (RQ workers)")
+    p.add_argument("-n", "--processes", type=int, default=int(os.environ.get("HOOKSTREAM_WORKERS", "1")))
+    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("run", help="run everything; embedded Redis and Postgres when no URLs are set")
+    p.add_argument("--host", default=os.environ.get("HOOKSTREAM_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--workers", type=int, default=int(os.environ.get("HOOKSTREAM_WORKERS", "2")))
+    p.set_defaults(handler=cmd_run)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.setup(os.environ.get("HOOKSTREAM_LOG_LEVEL", "INFO"), mask=os.environ.get("HOOKSTREAM_LOG_PHONES") != "1")
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"hookstream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return int(args.handler(settings, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

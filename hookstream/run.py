@@ -1,0 +1,105 @@
+"""`hookstream run`: the whole pipeline in the foreground until Ctrl-C.
+
+Without HOOKSTREAM_REDIS_URL / HOOKSTREAM_DATABASE_URL it starts embedded redis-server and
+PostgreSQL processes under the project's data folder (the local profile: loopback is admitted
+on every provider route), applies the migrations, then runs ingress, dispatcher and workers
+as child processes, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from hookstream.embedded import EmbeddedError, PostgresServer, RedisServer, free_port
+from hookstream.migrate import migrate
+from shared.settings import Settings
+
+log = logging.getLogger("hookstream.run")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("HOOKSTREAM_DATA_DIR", ".data")).resolve()
+
+
+def postgres_dir(base: Path) -> Path:
+    """As root, a folder the postgres user can enter (it cannot enter /root); else under `base`."""
+    if os.geteuid() != 0:
+        return base / "postgres"
+    tag = hashlib.sha1(str(base).encode()).hexdigest()[:10]
+    return Path("/var/tmp") / f"hookstream-postgres-{tag}"
+
+
+def example_curl(port: int) -> str:
+    return (
+        f"curl -i -X POST http://127.0.0.1:{port}/webhooks/cm/mo -H 'Content-Type: application/json' "
+        "-d '{\"reference\":\"ref-1\",\"from\":\"+31612345678\",\"to\":\"3669\",\"body\":\"STOP\",\"groupings\":[\"\",\"\",\"\"]}'"
+    )
+
+
+def run_all(settings: Settings, *, host: str, port: int, workers: int) -> int:
+    env = dict(os.environ)
+    local_profile = settings.redis_url is None
+    with ExitStack() as stack:
+        try:
+            if settings.redis_url is None:
+                redis = RedisServer(data_dir() / "redis", port=free_port()).start()
+                stack.callback(redis.stop)
+                env["HOOKSTREAM_REDIS_URL"] = redis.url
+                log.info("embedded redis-server on %s (data in %s)", redis.url, redis.data_dir)
+            if settings.database_url is None:
+                postgres = PostgresServer(postgres_dir(data_dir()), port=free_port()).start()
+                stack.callback(postgres.stop)
+                env["HOOKSTREAM_DATABASE_URL"] = postgres.url
+                log.info("embedded PostgreSQL on %s (data in %s)", postgres.url, postgres.data_dir)
+        except EmbeddedError as exc:
+            print(f"hookstream run: {exc}", file=sys.stderr)
+            return 1
+        applied = migrate(env["HOOKSTREAM_DATABASE_URL"])
+        log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
+        ingress = ["ingress", "--host", host, "--port", str(port)] + (["--local-profile"] if local_profile else [])
+        commands = [ingress, ["dispatch"], ["worker", "-n", str(workers)]]
+        children = [subprocess.Popen([sys.executable, "-m", "hookstream.cli", *c], env=env) for c in commands]
+        stack.callback(_stop_children, children)
+        print(f"\nhookstream is running: ingress on http://{host}:{port}, {workers} worker(s). Try:\n\n"
+              f"  {example_curl(port)}\n\nthen: psql {env['HOOKSTREAM_DATABASE_URL']} -c 'select * from events'\n"
+              "Ctrl-C stops everything.\n", flush=True)
+        return _wait(children)
+
+
+def _wait(children: list[subprocess.Popen[bytes]]) -> int:
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                log.error("a child process exited with code %s; stopping everything", child.returncode)
+                return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -1,0 +1,15 @@
+"""mx2 webhooks (stub: being written)."""
+
+from __future__ import annotations
+
+from shared.errors import ParseError
+from shared.events import Event
+from shared.providers.base import ParseContext
+from shared.record import RawRecord
+
+NAME = "mx2"
+FEEDS = frozenset({"webhook"})
+
+
+def parse(record: RawRecord, ctx: ParseContext) -> list[Event]:
+    raise ParseError("not implemented yet")

@@ -1,0 +1,115 @@
+"""One batch, in four named phases: read entries → normalize → write (one transaction) → ack.
+
+Entries are acknowledged only after their batch committed. Connection trouble is retried with
+backoff for most of the job's time and then fails the job (the entries stay pending and are
+reclaimed); a batch the database refuses is split in halves until the one bad record is found
+and dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any, Mapping
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+from redis import Redis
+
+from shared.settings import Settings
+from workers.context import WorkerContext
+from workers.normalize import Entry, NormalizeContext, normalize_entries
+from workers.store import WriteResult, write_entries
+
+log = logging.getLogger("hookstream.worker")
+
+RawEntry = tuple[str, Mapping[bytes, bytes]]
+
+
+def read_entries(redis: Redis, stream: str, ids: list[str]) -> list[RawEntry]:
+    """The batch's entries: one XRANGE over its span, then single look-ups for any left out."""
+    if not ids:
+        return []
+    ordered = sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
+    wanted = set(ids)
+    found: dict[str, Mapping[bytes, bytes]] = {}
+    for sid, fields in redis.xrange(stream, ordered[0], ordered[-1], count=len(ids) * 2 + 16):
+        key = sid.decode()
+        if key in wanted:
+            found[key] = fields
+    missing = [i for i in ordered if i not in found]
+    if missing:
+        pipe = redis.pipeline(transaction=False)
+        for sid in missing:
+            pipe.xrange(stream, sid, sid, count=1)
+        for result in pipe.execute():
+            for sid, fields in result:
+                found[sid.decode()] = fields
+    return [(sid, found[sid]) for sid in ordered if sid in found]
+
+
+def _merge(a: WriteResult, b: WriteResult) -> WriteResult:
+    return WriteResult(
+        events=a.events + b.events, inserted=a.inserted + b.inserted, statuses=a.statuses + b.statuses,
+        consent_changes=a.consent_changes + b.consent_changes, dead_letters=a.dead_letters + b.dead_letters,
+        changes=a.changes + b.changes,
+    )
+
+
+def write_bisecting(pool: ConnectionPool, entries: list[Entry], *, replay: bool = False) -> WriteResult:
+    try:
+        with pool.connection() as conn, conn.transaction():
+            return write_entries(conn, entries, replay=replay)
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        if len(entries) > 1:
+            middle = len(entries) // 2
+            return _merge(write_bisecting(pool, entries[:middle], replay=replay),
+                          write_bisecting(pool, entries[middle:], replay=replay))
+        reason = f"database refused the record: {exc.sqlstate or ''} {str(exc).splitlines()[0][:300]}"
+        log.warning("dead-lettering %s: %s", entries[0].stream_id, reason)
+        with pool.connection() as conn, conn.transaction():
+            return write_entries(conn, [entries[0].as_dead(reason)], replay=replay)
+
+
+def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float, *, replay: bool = False) -> WriteResult:
+    """Retry connection trouble with backoff within `budget_s`, then let the job fail."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.1
+    while True:
+        try:
+            return write_bisecting(pool, entries, replay=replay)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("postgres unavailable (%s), retrying in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def ack(redis: Redis, settings: Settings, ids: list[str]) -> None:
+    pipe = redis.pipeline(transaction=False)
+    pipe.xack(settings.stream, settings.group, *ids)
+    pipe.hdel(settings.inflight_key, *ids)
+    pipe.execute()
+
+
+def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = None) -> dict[str, Any]:
+    """Process stream entries `ids` and acknowledge them; with `dead_reason`, dead-letter them all."""
+    started = time.perf_counter()
+    entries = normalize_batch(read_entries(ctx.redis, ctx.settings.stream, ids), ctx.normalize, dead_reason)
+    result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8)
+    ack(ctx.redis, ctx.settings, ids)
+    summary = asdict(result)
+    summary.pop("changes")
+    summary.update(entries=len(entries), missing=len(ids) - len(entries), seconds=round(time.perf_counter() - started, 4))
+    return summary
+
+
+def normalize_batch(raw: list[RawEntry], ctx: NormalizeContext, dead_reason: str | None = None) -> list[Entry]:
+    entries = normalize_entries(raw, ctx)
+    if dead_reason is not None:
+        entries = [entry.as_dead(dead_reason) for entry in entries]
+    return entries

@@ -1,0 +1,76 @@
+"""What a worker process holds: settings, one Redis client, one small Postgres pool.
+
+RQ calls job functions by import path, so each process builds its context once, lazily, after
+any fork (a pool made before a fork must not be used after it); tests install their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
+from redis import Redis
+
+from shared.keywords import KeywordPolicy
+from shared.providers import ParseContext
+from shared.settings import Settings
+from workers.normalize import NormalizeContext
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    redis: Redis
+    pool: ConnectionPool
+    normalize: NormalizeContext
+
+    @classmethod
+    def open(cls, settings: Settings) -> WorkerContext:
+        pool = ConnectionPool(
+            settings.database_url_or_default(),
+            min_size=1,
+            max_size=settings.pg_pool_size,
+            # prepare_threshold=None keeps the pool usable behind PgBouncer in transaction mode.
+            kwargs={"prepare_threshold": None},
+            open=True,
+            name="hookstream-worker",
+        )
+        return cls(
+            settings=settings,
+            redis=Redis.from_url(settings.redis_url_or_default(), socket_timeout=10, socket_connect_timeout=2),
+            pool=pool,
+            normalize=normalize_context(settings),
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+        self.redis.close()
+
+
+def normalize_context(settings: Settings) -> NormalizeContext:
+    return NormalizeContext(
+        parse=ParseContext(default_region=settings.default_region),
+        keywords=KeywordPolicy.default(),
+        leased_keywords={"gatewayapi": settings.gatewayapi_keywords},
+    )
+
+
+_by_process: dict[int, WorkerContext] = {}
+
+
+def current() -> WorkerContext:
+    """This process's context, built from the environment on first use."""
+    pid = os.getpid()
+    context = _by_process.get(pid)
+    if context is None:
+        context = _by_process[pid] = WorkerContext.open(Settings.from_env(os.environ))
+    return context
+
+
+def install(context: WorkerContext | None) -> None:
+    """Use `context` in this process (tests, and `hookstream worker` after building its own)."""
+    if context is None:
+        _by_process.pop(os.getpid(), None)
+    else:
+        _by_process[os.getpid()] = context

@@ -1,0 +1,85 @@
+"""Stream entries → events or dead letters: the pure middle of a batch.
+
+Each entry becomes either its events (inbound texts classified by the keyword engine) or a
+dead letter with a reason; one bad entry never blocks the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from shared.errors import ParseError
+from shared.events import Event, Kind, Outcome
+from shared.keywords import KeywordPolicy, classify
+from shared.providers import REGISTRY, ParseContext
+from shared.record import RawRecord
+
+# Bump when a normalizer changes what it produces: rows remember the version that wrote them.
+NORMALIZER_VERSION = 1
+
+CONSENT_OUTCOMES = frozenset({Outcome.OPT_OUT, Outcome.OPT_OUT_ALL, Outcome.OPT_IN})
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizeContext:
+    parse: ParseContext = field(default_factory=ParseContext)
+    keywords: KeywordPolicy = field(default_factory=KeywordPolicy.default)
+    leased_keywords: Mapping[str, frozenset[str]] = field(default_factory=dict)  # provider → leased keywords
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry after normalizing: its events, or the reason it is a dead letter."""
+
+    stream_id: str
+    fields: Mapping[bytes, bytes]
+    record: RawRecord | None
+    events: tuple[Event, ...] = ()
+    dead_reason: str | None = None
+
+    def as_dead(self, reason: str) -> Entry:
+        return dataclasses.replace(self, events=(), dead_reason=reason)
+
+
+def classify_inbound(event: Event, ctx: NormalizeContext) -> Event:
+    """Attach the keyword outcome; a consent outcome also sets the consent action and scope."""
+    leased = ctx.leased_keywords.get(event.provider, frozenset())
+    match = classify(event.body, ctx.keywords, leased)
+    outcome = match.outcome
+    scope = event.scope or event.counterpart or ""
+    if match.leased_keyword and scope:
+        scope = f"{scope}/{match.leased_keyword}"
+    return dataclasses.replace(
+        event,
+        outcome=outcome,
+        keyword=match.keyword,
+        consent=outcome if outcome in CONSENT_OUTCOMES else None,
+        scope=scope or None,
+    )
+
+
+def normalize_entry(stream_id: str, fields: Mapping[bytes, bytes], ctx: NormalizeContext) -> Entry:
+    try:
+        record = RawRecord.from_fields(fields, stream_id)
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        return Entry(stream_id, fields, None, dead_reason=f"not a hookstream record: {exc!r}")
+    entry = Entry(stream_id, fields, record)
+    provider = REGISTRY.get(record.provider)
+    if provider is None or record.feed not in provider.FEEDS:
+        return entry.as_dead(f"unknown provider/feed {record.provider}/{record.feed}")
+    try:
+        events = provider.parse(record, ctx.parse)
+    except ParseError as exc:
+        return entry.as_dead(f"parse error: {exc}")
+    except Exception as exc:  # a normalizer bug must cost one dead letter, not the batch
+        return entry.as_dead(f"normalizer failed: {type(exc).__name__}: {exc}")
+    if not events:
+        return entry.as_dead("no events in the record")
+    classified = tuple(classify_inbound(e, ctx) if e.kind is Kind.INBOUND else e for e in events)
+    return dataclasses.replace(entry, events=classified)
+
+
+def normalize_entries(entries: list[tuple[str, Mapping[bytes, bytes]]], ctx: NormalizeContext) -> list[Entry]:
+    return [normalize_entry(stream_id, fields, ctx) for stream_id, fields in entries]
