@@ -16,7 +16,10 @@ def from_local(text: str | None, fmt: str, zone: str) -> datetime | None:
         naive = datetime.strptime(str(text).strip(), fmt)
     except ValueError as exc:
         raise ParseError(f"time {text!r} does not match {fmt!r}") from exc
-    return naive.replace(tzinfo=ZoneInfo(zone)).astimezone(timezone.utc)
+    try:
+        return naive.replace(tzinfo=ZoneInfo(zone)).astimezone(timezone.utc)
+    except OverflowError as exc:  # year 1 or 9999 shifted to UTC leaves datetime's range
+        raise ParseError(f"time {text!r} is out of range") from exc
 
 
 def from_epoch(value: object) -> datetime | None:
@@ -41,4 +44,7 @@ def from_iso(text: object) -> datetime | None:
         raise ParseError(f"time {text!r} is not ISO-8601") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ParseError(f"time {text!r} is out of range") from exc

@@ -33,6 +33,8 @@ UPSERT_SQL = (
     " provider = CASE WHEN consent.state = excluded.state THEN consent.provider ELSE excluded.provider END,"
     " event_key = CASE WHEN consent.state = excluded.state THEN consent.event_key ELSE excluded.event_key END,"
     " updated_at = now()"
+    " WHERE (consent.state, consent.changed_at, consent.confirmed_at)"
+    " IS DISTINCT FROM (excluded.state, excluded.changed_at, excluded.confirmed_at)"
 )
 CHANGES_SQL = (
     f"INSERT INTO consent_changes ({', '.join(CHANGE_COLUMNS)}) SELECT * FROM unnest("
@@ -65,8 +67,9 @@ class _Ledger:
         scope = scope_of(outcome, scope)
         key = (subject, scope)
         before = self.answer(*key)
-        row = apply_to_row(self.rows.get(key), OUTCOME_STATE[outcome], at)
-        if row is None:
+        old = self.rows.get(key)
+        row = apply_to_row(old, OUTCOME_STATE[outcome], at)
+        if row is None or row == old:
             return None
         self.rows[key] = row
         self.touched[key] = (row, event)

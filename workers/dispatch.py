@@ -34,6 +34,9 @@ PROCESS_JOB = "workers.jobs.process_batch"
 DEAD_LETTER_JOB = "workers.jobs.dead_letter_batch"
 RECLAIM_SCAN = 1000
 TRIM_EVERY_S = 60.0
+# A started job older than its timeout plus this cannot still be running: SimpleWorker's death
+# penalty stops it at the timeout, so its worker died (SIGKILL, OOM, lost host).
+STARTED_GRACE_S = 5
 DONE_STATUSES = {JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
@@ -116,7 +119,6 @@ class Dispatcher:
         s = self.settings
         job_id = batch_job_id(ids, attempt)
         pipe = self.redis.pipeline()
-        pipe.hset(s.inflight_key, mapping={sid: job_id for sid in ids})
         if dead_reason is None:
             job = self.queue.enqueue_call(PROCESS_JOB, args=(ids,), job_id=job_id, timeout=s.job_timeout_s,
                                           result_ttl=s.result_ttl_s, failure_ttl=s.failure_ttl_s, pipeline=pipe)
@@ -124,6 +126,8 @@ class Dispatcher:
             job = self.queue.enqueue_call(DEAD_LETTER_JOB, args=(ids, dead_reason), job_id=job_id,
                                           timeout=s.job_timeout_s, result_ttl=s.result_ttl_s,
                                           failure_ttl=s.failure_ttl_s, pipeline=pipe)
+        # In the same MULTI as the job (RQ opens it): the job → entries map is never half-written.
+        pipe.hset(s.inflight_key, mapping={sid: job_id for sid in ids})
         pipe.execute()
         self.stats.batches += 1
         return job
@@ -137,9 +141,8 @@ class Dispatcher:
         if status in DONE_STATUSES:
             return True
         if status == JobStatus.STARTED and job.started_at is not None:
-            # A worker killed mid-job leaves it "started"; past its timeout it cannot still be running.
             age = time.time() - job.started_at.timestamp()
-            return age > self.settings.job_timeout_s + 30
+            return age > self.settings.job_timeout_s + STARTED_GRACE_S
         return False
 
     def reclaim(self) -> int:

@@ -12,7 +12,7 @@ from typing import Mapping
 
 from shared.errors import ParseError
 from shared.events import Event, Kind, Outcome
-from shared.keywords import KeywordPolicy, classify
+from shared.keywords import KeywordPolicy, classify, normalize
 from shared.providers import REGISTRY, ParseContext
 from shared.record import RawRecord
 
@@ -43,19 +43,27 @@ class Entry:
         return dataclasses.replace(self, events=(), dead_reason=reason)
 
 
+def strip_leased(body: str, keyword: str) -> str:
+    """The text without a leading leased keyword ("foo hello" → "hello"); the payload keeps it all."""
+    head, _, rest = body.strip().partition(" ")
+    return rest.lstrip() if normalize(head) == [keyword] else body
+
+
 def classify_inbound(event: Event, ctx: NormalizeContext) -> Event:
     """Attach the keyword outcome; a consent outcome also sets the consent action and scope."""
     leased = ctx.leased_keywords.get(event.provider, frozenset())
     match = classify(event.body, ctx.keywords, leased)
-    outcome = match.outcome
     scope = event.scope or event.counterpart or ""
-    if match.leased_keyword and scope:
-        scope = f"{scope}/{match.leased_keyword}"
+    body = event.body
+    if match.leased_keyword:
+        scope = f"{scope}/{match.leased_keyword}" if scope else scope
+        body = strip_leased(body or "", match.leased_keyword)
     return dataclasses.replace(
         event,
-        outcome=outcome,
+        body=body,
+        outcome=match.outcome,
         keyword=match.keyword,
-        consent=outcome if outcome in CONSENT_OUTCOMES else None,
+        consent=match.outcome if match.outcome in CONSENT_OUTCOMES else None,
         scope=scope or None,
     )
 

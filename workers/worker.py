@@ -1,4 +1,8 @@
-"""`hookstream worker`: RQ workers that do not fork per job, one or a pool of processes."""
+"""`hookstream worker`: RQ workers that do not fork per job, one process or a pool of them.
+
+`SimpleWorker` runs each job in its own process, so a worker opens its Redis client and
+Postgres pool once (lazily, after the pool's fork) and reuses them for every batch.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,23 @@ from rq.worker_pool import WorkerPool
 
 from shared.settings import Settings
 
+# RQ logs every job at INFO; at hundreds of batches a second that drowns everything else.
+RQ_LOG_LEVEL = "WARNING"
+
+
+def queue_names(settings: Settings) -> list[str]:
+    """Live batches first, replays after: RQ takes queues in the order given."""
+    return [settings.queue, settings.replay_queue]
+
 
 def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) -> int:
-    """Live batches first, replays after (RQ takes queues in the order given)."""
     redis = Redis.from_url(settings.redis_url_or_default())
-    queues = [settings.queue, settings.replay_queue]
     if processes <= 1:
-        worker = SimpleWorker(queues, connection=redis, serializer=JSONSerializer,
+        worker = SimpleWorker(queue_names(settings), connection=redis, serializer=JSONSerializer,
                               default_result_ttl=settings.result_ttl_s)
-        worker.work(burst=burst, with_scheduler=False)
+        worker.work(burst=burst, with_scheduler=False, logging_level=RQ_LOG_LEVEL)
         return 0
-    pool = WorkerPool(queues, connection=redis, num_workers=processes, worker_class=SimpleWorker,
+    pool = WorkerPool(queue_names(settings), connection=redis, num_workers=processes, worker_class=SimpleWorker,
                       serializer=JSONSerializer)
-    pool.start(burst=burst)
+    pool.start(burst=burst, logging_level=RQ_LOG_LEVEL)
     return 0

@@ -49,19 +49,26 @@ def json_object(record: RawRecord) -> dict[str, Any]:
     return value
 
 
-def _decode(raw: bytes) -> str:
-    # The older smsmode API is Latin-based; UTF-8 first, ISO-8859-15 when the bytes say so.
+def _decode(text: str) -> str:
+    """Percent-decoded bytes (carried as Latin-1 characters) as text: UTF-8 first, ISO-8859-15
+    when the bytes are not UTF-8 (the older smsmode API is Latin-based)."""
+    raw = text.encode("latin-1")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("iso-8859-15")
 
 
+def _pairs(data: bytes) -> list[tuple[str, str]]:
+    # Latin-1 maps every byte to one character and back, so no escape or raw byte is lost.
+    return parse_qsl(data.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+
+
 def query_params(record: RawRecord) -> dict[str, str]:
     """Query-string parameters, plus a form-encoded body; the first value of a repeated key wins."""
-    pairs = parse_qsl(record.query, keep_blank_values=True)
+    pairs = _pairs(record.query)
     if record.mime_type == FORM_TYPE and record.body:
-        pairs += parse_qsl(record.body, keep_blank_values=True)
+        pairs += _pairs(record.body)
     params: dict[str, str] = {}
     for key, value in pairs:
         params.setdefault(_decode(key), _decode(value))

@@ -1,15 +1,268 @@
-"""cm webhooks (stub: being written)."""
+"""CM.com: SMS MO replies, Business Messaging incoming messages and events, status reports.
+
+CM signs nothing and gives each product its own URL, so a feed takes only its own shapes: "mo"
+takes the SMS MO webhook (Json, Xml or Get) and the Business Messaging incoming message (told apart
+by shape: there `from` is an object), "events" the incoming events, "status" the status reports.
+A body of another feed's shape is a ParseError saying so, not a guess.
+
+Identity: only events carry an id (top-level `reference`, older payloads `event.reference`). An MO's
+and a status report's `reference` echoes our MT's reference (message_ref and user_ref), so their
+keys hash raw content: CM retries an MO every 5 minutes for a month and every retry must collapse.
+
+Time: `timeUtc` (`yyyy-MM-ddTHH:mm:ss`, UTC without offset) for Business Messaging; the status
+report's `received` (format unconfirmed) is read as ISO-8601 or `yyyy-MM-dd HH:mm:ss`, assumed UTC.
+No key depends on them, so a value that is not a date (the template's "[CREATED_S]") gives
+occurred_at None. The SMS MO carries no time: None (the worker keeps our receive time).
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Mapping
+from xml.etree.ElementTree import Element
+
 from shared.errors import ParseError
-from shared.events import Event
-from shared.providers.base import ParseContext
+from shared.events import Event, Kind, Outcome, Reason, Status
+from shared.keys import hashed_key, natural_key
+from shared.phones import normalize_phone
+from shared.providers.base import (
+    ParseContext, json_object, looks_like_xml, lower_keys, query_params, text_or_none, xml_root,
+)
 from shared.record import RawRecord
+from shared.times import from_iso
 
 NAME = "cm"
 FEEDS = frozenset({"mo", "events", "status"})
 
+# Keys are lower case. The numeric codes are unconfirmed (providers.md §1d); the words are CM's
+# documented vocabulary. CM's errorCode table is not public, so no reason is guessed.
+STATUS: dict[str, tuple[Status, Reason | None]] = {
+    # 0: accepted by the operator, delivery not yet confirmed
+    "0": (Status.SENT, None),
+    "1": (Status.REJECTED, None),
+    "2": (Status.DELIVERED, None),
+    "3": (Status.FAILED, None),
+    # 4: read (non-SMS channels); reading implies delivery
+    "4": (Status.DELIVERED, None),
+    "sent": (Status.SENT, None),
+    "accepted": (Status.SENT, None),
+    "delivered": (Status.DELIVERED, None),
+    # CM itself refused the request and will not send: nothing reached an operator
+    "cancelled": (Status.REJECTED, None),
+    "rejected": (Status.REJECTED, None),
+    "failed": (Status.FAILED, None),
+    "read": (Status.DELIVERED, None),
+}
+
+# Instagram/Messenger marketing-message opt-ins: CM decided them (optout.md §5).
+_OPT_IN_EVENTS = frozenset({"optinsubscribed", "optinextended"})
+# Channels whose `number` is an account id (IGSID, PSID…): normalizing a digits-only id would
+# invent a phone number, so it is kept as it came.
+_ID_CHANNELS = frozenset(
+    {"instagram", "messenger", "facebook", "facebook messenger", "twitter", "telegram",
+     "apple messages for business", "google business messages"}
+)
+_SMS_MO, _BM_MESSAGE = "an SMS MO", "a Business Messaging incoming message"
+_BM_EVENT, _REPORT = "a Business Messaging event", "a status report"
+_FEED_SHAPES = {"mo": {_SMS_MO, _BM_MESSAGE}, "events": {_BM_EVENT}, "status": {_REPORT}}
+_XML_DEPTH = 8  # a CM document is 4 levels deep; deeper nesting is refused rather than recursed
+
 
 def parse(record: RawRecord, ctx: ParseContext) -> list[Event]:
-    raise ParseError("not implemented yet")
+    """The events of one CM request; ParseError for a body that cannot be read or belongs to another feed."""
+    if record.feed not in FEEDS:
+        raise ParseError(f"unknown cm feed {record.feed!r}")
+    data = _decode(record)
+    shape = _shape(lower_keys(data))
+    if shape is not None and shape not in _FEED_SHAPES[record.feed]:
+        raise ParseError(f"looks like {shape}, arrived on {record.feed}")
+    if record.feed == "status":
+        return _reports(record, data, ctx)
+    if record.feed == "events":
+        return [_event(record, data, ctx)]
+    return [_inbound(record, data, ctx, business=shape == _BM_MESSAGE)]
+
+
+def _decode(record: RawRecord) -> dict[str, Any]:
+    """The request as a plain dict: the "Get" query string, an XML document, or a JSON object."""
+    if record.method.upper() == "GET":
+        params = query_params(record)
+        params.pop("token", None)  # our ingress secret, not CM data: never stored in the payload
+        return params
+    if looks_like_xml(record):
+        root = xml_root(record)
+        tree = _xml_dict(root, 0)
+        # A status report keeps its root, so MESSAGES/MSG reads like the JSON messages.msg;
+        # any other root is an MO whose children are the fields.
+        return {_tag(root): tree} if _tag(root) in ("messages", "msg") else tree
+    return json_object(record)
+
+
+def _tag(element: Element) -> str:
+    return str(element.tag).rsplit("}", 1)[-1].lower()
+
+
+def _xml_dict(element: Element, depth: int) -> dict[str, Any]:
+    """Attributes and children by lower-case name; a repeated child (several MSG) becomes a list."""
+    if depth > _XML_DEPTH:
+        raise ParseError("XML is nested too deeply for a CM document")
+    tree: dict[str, Any] = {str(name).rsplit("}", 1)[-1].lower(): value for name, value in element.attrib.items()}
+    for child in element:
+        key, value = _tag(child), _xml_dict(child, depth + 1) if len(child) else child.text
+        if key in tree:
+            prior = tree[key]
+            tree[key] = [*prior, value] if isinstance(prior, list) else [prior, value]
+        else:
+            tree[key] = value
+    return tree
+
+
+def _shape(fields: Mapping[str, Any]) -> str | None:
+    """Which CM product a body came from; None when it fits none (the feed's parser says what is missing)."""
+    if "messages" in fields or "msg" in fields:
+        return _REPORT
+    if "event" in fields:
+        return _BM_EVENT
+    if isinstance(fields.get("from"), dict) or isinstance(fields.get("to"), dict) or "message" in fields:
+        return _BM_MESSAGE
+    if "from" in fields or "body" in fields:
+        return _SMS_MO
+    return None
+
+
+def _scalar(fields: Mapping[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if isinstance(value, (dict, list)):
+        raise ParseError(f"field {name!r} is a JSON {type(value).__name__}, expected text")
+    return text_or_none(value)
+
+
+def _body(value: object) -> str | None:
+    """The text verbatim (spaces kept); a number is tolerated as its digits."""
+    if isinstance(value, (dict, list)):
+        raise ParseError("message text is an object or a list, expected text")
+    return value if isinstance(value, str) or value is None else text_or_none(value)
+
+
+def _number(fields: Mapping[str, Any], name: str) -> str | None:
+    """Business Messaging `from`/`to`: an object with `number` (a bare string is tolerated)."""
+    value = fields.get(name)
+    return _scalar(lower_keys(value), "number") if isinstance(value, dict) else _scalar(fields, name)
+
+
+def _groupings(fields: Mapping[str, Any]) -> str:
+    """The three groupings as one key part, from a JSON array, XML children or grouping1..3 parameters."""
+    value = fields.get("groupings")
+    if value is None:
+        value = [fields.get(f"grouping{index}") for index in (1, 2, 3)]
+    if isinstance(value, dict):  # XML: <GROUPINGS><GROUPING>…</GROUPING>…</GROUPINGS>
+        value = list(value.values())
+    flat: list[object] = []
+    for item in value if isinstance(value, list) else [value]:
+        flat.extend(item if isinstance(item, list) else [item])
+    parts = [_scalar({"grouping": item}, "grouping") or "" for item in flat]
+    return "\x1e".join(parts).rstrip("\x1e")  # absent and ["", "", ""] hash alike
+
+
+def _utc(value: str | None) -> datetime | None:
+    """A CM time as UTC, or None for a value that is not a date (a template placeholder)."""
+    try:
+        return from_iso(value)
+    except (ParseError, OverflowError):
+        return None
+
+
+def _who(raw: str | None, channel: str | None, ctx: ParseContext) -> str | None:
+    if raw is None or (channel or "").lower() in _ID_CHANNELS:
+        return raw
+    return normalize_phone(raw, ctx.default_region)
+
+
+def _inbound(record: RawRecord, data: dict[str, Any], ctx: ParseContext, business: bool) -> Event:
+    """An SMS MO (`from`/`to` strings, `body`) or a Business Messaging message (`from.number`, `message.text`)."""
+    fields = lower_keys(data)
+    sender, recipient, channel = _number(fields, "from"), _number(fields, "to"), _scalar(fields, "channel")
+    if sender is None:
+        raise ParseError("incoming message without 'from.number'" if business else "SMS MO without 'from'")
+    message = fields.get("message") if business else None
+    if message is not None and not isinstance(message, dict):
+        raise ParseError("'message' is not an object")
+    body = _body(lower_keys(message or {}).get("text") if business else fields.get("body"))
+    reference, time_utc = _scalar(fields, "reference"), _scalar(fields, "timeutc")
+    parts = [sender, recipient, body, reference, _groupings(fields)] + ([time_utc, channel] if business else [])
+    return Event(
+        provider=NAME, feed=record.feed, kind=Kind.INBOUND, dedupe_key=hashed_key(NAME, Kind.INBOUND, *parts),
+        payload=data, occurred_at=_utc(time_utc), message_ref=reference, user_ref=reference, body=body,
+        phone=_who(sender, channel, ctx), phone_raw=sender, counterpart=_who(recipient, channel, ctx),
+        counterpart_raw=recipient,
+    )
+
+
+def _event(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> Event:
+    fields = lower_keys(data)
+    event = fields.get("event")
+    if not isinstance(event, dict):
+        raise ParseError("'event' is missing or not an object")
+    inner = lower_keys(event)
+    event_type = _scalar(inner, "type")
+    if event_type is None:
+        raise ParseError("event without 'event.type'")
+    sender, recipient, channel = _number(fields, "from"), _number(fields, "to"), _scalar(fields, "channel")
+    time_utc, top_id, inner_id = _scalar(fields, "timeutc"), _scalar(fields, "reference"), _scalar(inner, "reference")
+    if top_id is not None:
+        key = natural_key(NAME, Kind.EVENT, top_id)
+    elif inner_id is not None:  # older payloads: qualified by type in case it names a message, not the event
+        key = natural_key(NAME, Kind.EVENT, f"{event_type}:{inner_id}")
+    else:  # (type, event.reference, from, to, timeUtc), with event.reference absent
+        key = hashed_key(NAME, Kind.EVENT, event_type, None, sender, recipient, time_utc)
+    opt_in = event_type.lower() in _OPT_IN_EVENTS
+    # An opt-in's subject is the IGSID/PSID and its scope our account id: both kept as they came.
+    phone, counterpart = (sender, recipient) if opt_in else (_who(sender, channel, ctx), _who(recipient, channel, ctx))
+    return Event(
+        provider=NAME, feed=record.feed, kind=Kind.CONSENT if opt_in else Kind.EVENT, dedupe_key=key,
+        payload=data, occurred_at=_utc(time_utc), provider_event_id=top_id or inner_id,
+        message_ref=_scalar(fields, "messagecontext"), phone=phone, phone_raw=sender,
+        counterpart=counterpart, counterpart_raw=recipient, event_type=event_type,
+        consent=Outcome.OPT_IN if opt_in else None, scope=recipient if opt_in else None,
+    )
+
+
+def _reports(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> list[Event]:
+    """One STATUS event per msg, its payload that msg. Keys stay content-only, so a msg resent in
+    another batch still collapses; only an exact repeat inside one request gets a `#n` suffix."""
+    fields = lower_keys(data)
+    messages = fields.get("messages")
+    if messages is not None and not isinstance(messages, dict):
+        raise ParseError("'messages' is not an object")
+    found = lower_keys(messages).get("msg") if messages is not None else fields.get("msg")
+    items = found if isinstance(found, list) else [found]
+    if found is None or not items:
+        raise ParseError("status report without messages.msg")
+    events: list[Event] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ParseError(f"status report msg #{index} is not an object")
+        event = _report(record, item, ctx)
+        seen[event.dedupe_key] = count = seen.get(event.dedupe_key, 0) + 1
+        events.append(event if count == 1 else replace(event, dedupe_key=f"{event.dedupe_key}#{count}"))
+    return events
+
+
+def _report(record: RawRecord, item: dict[str, Any], ctx: ParseContext) -> Event:
+    msg = lower_keys(item)
+    recipient, reference = _scalar(msg, "to"), _scalar(msg, "reference")
+    if recipient is None and reference is None:
+        raise ParseError("status report msg has neither 'to' nor 'reference'")
+    status = msg.get("status")
+    detail = lower_keys(status) if isinstance(status, dict) else {"code": status}
+    code, received = _scalar(detail, "code"), _scalar(msg, "received")
+    normalized, reason = STATUS.get((code or "").lower(), (Status.UNKNOWN, None))
+    return Event(
+        provider=NAME, feed=record.feed, kind=Kind.STATUS,
+        dedupe_key=hashed_key(NAME, Kind.STATUS, reference, recipient, code, received),
+        payload=item, occurred_at=_utc(received), message_ref=reference, user_ref=reference,
+        phone=_who(recipient, None, ctx), phone_raw=recipient, status=normalized, provider_status=code,
+        provider_reason=_scalar(detail, "errordescription"), reason=reason,
+    )
