@@ -17,8 +17,13 @@ from shared.record import RawRecord
 JSON = "application/json"
 
 
+# 20,000 people for 100,000 webhooks: each message has several statuses and people reply more
+# than once, so real traffic repeats numbers.
+PEOPLE = 20_000
+
+
 def _phone(rng: random.Random) -> str:
-    return f"+316{rng.randrange(10_000_000, 99_999_999)}"
+    return f"+316{10_000_000 + rng.randrange(PEOPLE) * 4099:08d}"
 
 
 def _cm_mo(i: int, rng: random.Random) -> tuple[str, str, str, bytes, bytes]:

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 SHORT_CODE_MAX_DIGITS = 6
 
 
 def normalize_phone(raw: str | int | None, default_region: str | None = None) -> str | None:
+    """E.164 (see `_normalize`); None stays None."""
+    if raw is None:
+        return None
+    return _normalize(str(raw), default_region)
+
+
+# Parsing costs ~50 µs and traffic repeats numbers (every status of a message, every reply of a
+# person), so a worker remembers the numbers it has seen recently.
+@lru_cache(maxsize=65536)
+def _normalize(raw: str, default_region: str | None) -> str | None:
     """E.164 with `+` when the value is a phone number; otherwise the value as it came.
 
     `+…` and `00…` are international; 8+ digits without a leading 0 are international
     without their `+` (smsmode `336…`, GatewayAPI integers); a single leading 0 is national
     and needs `default_region`. Short codes and alphanumeric senders are returned unchanged.
     """
-    if raw is None:
-        return None
-    text = str(raw).strip()
+    text = raw.strip()
     if not text:
         return None
     compact = "".join(ch for ch in text if ch not in " -.()/")

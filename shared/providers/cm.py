@@ -169,7 +169,7 @@ def _utc(value: str | None) -> datetime | None:
     """A CM time as UTC, or None for a value that is not a date (a template placeholder)."""
     try:
         return from_iso(value)
-    except (ParseError, OverflowError):
+    except ParseError:
         return None
 
 

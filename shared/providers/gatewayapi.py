@@ -1,15 +1,237 @@
-"""gatewayapi webhooks (stub: being written)."""
+"""GatewayAPI webhooks: the legacy REST callbacks and the Mobile Messaging API envelope.
+
+Feeds (ingress routes):
+
+- "rest": legacy REST webhooks. Delivery statuses and MO SMS arrive on one URL, so the body's
+  shape tells them apart, as GatewayAPI's PHP client does: a DLR has `status` and `msisdn` and no
+  `receiver`/`message`; an MO has `receiver`/`message`/`senttime`. The optional
+  `X-Gwapi-Signature` JWT is verified at the ingress and its claims equal the body, so only the
+  body is read here.
+- "events": the Mobile Messaging API envelope `{event_id, timestamp, event_type, event}`; its
+  `Signature: v1=…` HMAC is verified at the ingress.
+
+Time: the legacy DLR `time` and MO `senttime` are UNIX seconds (UTC by definition). The new API's
+`event.status_at` / `event.sent_at`, falling back to the envelope `timestamp`, are ISO-8601 with
+an offset; a value without one is taken as UTC.
+
+Numbers: `msisdn`, `receiver`, `recipient` and `sender` are JSON integers (digits, no `+`);
+normalize_phone makes 8+ digits E.164 and leaves short codes (≤ 6 digits, e.g. 451204) as they are.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
 from shared.errors import ParseError
-from shared.events import Event
-from shared.providers.base import ParseContext
+from shared.events import Event, Kind, Reason, Status
+from shared.keys import hashed_key, natural_key
+from shared.phones import normalize_phone
+from shared.providers.base import ParseContext, json_object, text_or_none
 from shared.record import RawRecord
+from shared.times import from_epoch, from_iso
 
 NAME = "gatewayapi"
 FEEDS = frozenset({"rest", "events"})
 
+# Keys are GatewayAPI's all-caps states (legacy REST and the new API share them); lookups fold case.
+STATUS: dict[str, tuple[Status, Reason | None]] = {
+    # "Messages start here, but you should not encounter this state."
+    "UNKNOWN": (Status.UNKNOWN, None),
+    # Held for a future send time, or in GatewayAPI's own queue: not yet handed to a network.
+    "SCHEDULED": (Status.QUEUED, None),
+    "BUFFERED": (Status.QUEUED, None),
+    "ENROUTE": (Status.SENT, None),
+    "DELIVERED": (Status.DELIVERED, None),
+    # RCS only (new API): a read receipt implies delivery.
+    "READ": (Status.DELIVERED, None),
+    "EXPIRED": (Status.EXPIRED, Reason.EXPIRED),
+    # "Message was canceled": final, but the docs give no cause.
+    "DELETED": (Status.FAILED, None),
+    # "Most likely an invalid MSISDN" in GatewayAPI's own words.
+    "UNDELIVERABLE": (Status.FAILED, Reason.INVALID_NUMBER),
+    # Final: the network accepted on the user's behalf; no delivery receipt will follow.
+    "ACCEPTED": (Status.SENT, None),
+    "REJECTED": (Status.REJECTED, None),
+    # Dropped "due to network-specific rules"; not a consent signal (optout.md §5).
+    "SKIPPED": (Status.REJECTED, None),
+}
+
+# The published example spells it "messaging.status.sms"; the prose and the SDK say "message.".
+_STATUS_TYPES = frozenset({"message.status.sms", "messaging.status.sms", "message.status.rcs"})
+_TEXT_TYPES = frozenset({"user-message.text.sms", "user-message.text.rcs"})
+
 
 def parse(record: RawRecord, ctx: ParseContext) -> list[Event]:
-    raise ParseError("not implemented yet")
+    """One event per webhook: GatewayAPI never batches callbacks."""
+    if record.feed not in FEEDS:
+        raise ParseError(f"unknown gatewayapi feed {record.feed!r}")
+    body = json_object(record)
+    if record.feed == "events":
+        return [_envelope(body, record.feed, ctx)]
+    # One URL for both legacy callbacks: classify by shape (a DLR never has receiver/message).
+    if _has(body, "status") and _has(body, "msisdn") and not _has(body, "receiver", "message"):
+        return [_rest_status(body, record.feed, ctx)]
+    if _has(body, "receiver", "message", "senttime"):
+        return [_rest_inbound(body, record.feed, ctx)]
+    raise ParseError(
+        "rest body is neither a delivery status (status + msisdn) nor an MO SMS (receiver/message/senttime)"
+    )
+
+
+def _rest_status(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
+    message_id = _scalar(body.get("id"), "id", ints=True, required=True)
+    msisdn = _scalar(body.get("msisdn"), "msisdn", ints=True, required=True)
+    raw_status = _scalar(body.get("status"), "status", required=True)
+    occurred_at = _epoch(body.get("time"), "time")
+    status, reason = _status(raw_status)
+    # `code` is hex text ("0x1001"); before 2015 it was the integer `error_code`.
+    code = text_or_none(body.get("code")) or text_or_none(body.get("error_code"))
+    return Event(
+        provider=NAME,
+        feed=feed,
+        kind=Kind.STATUS,
+        # No event id: `id` is shared by all recipients, and a transient state may repeat with
+        # a new `time` while a retry repeats the body exactly.
+        dedupe_key=hashed_key(NAME, Kind.STATUS, message_id, msisdn, raw_status, text_or_none(body.get("time"))),
+        payload=body,
+        occurred_at=occurred_at,
+        message_ref=message_id,
+        phone=normalize_phone(msisdn, ctx.default_region),
+        phone_raw=msisdn,
+        status=status,
+        provider_status=raw_status,
+        provider_reason=text_or_none(body.get("error")) or code,
+        reason=reason,
+        user_ref=text_or_none(body.get("userref")),
+    )
+
+
+def _rest_inbound(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
+    mo_id = _scalar(body.get("id"), "id", ints=True, required=True)
+    msisdn = _scalar(body.get("msisdn"), "msisdn", ints=True, required=True)
+    receiver = _scalar(body.get("receiver"), "receiver", ints=True)
+    return Event(
+        provider=NAME,
+        feed=feed,
+        kind=Kind.INBOUND,
+        dedupe_key=natural_key(NAME, Kind.INBOUND, mo_id),
+        payload=body,
+        occurred_at=_epoch(body.get("senttime"), "senttime"),
+        provider_event_id=mo_id,
+        phone=normalize_phone(msisdn, ctx.default_region),
+        phone_raw=msisdn,
+        counterpart=normalize_phone(receiver, ctx.default_region),
+        counterpart_raw=receiver,
+        # Verbatim, leased keyword included ("foo stop"): the worker strips it before matching.
+        body=_text(body.get("message"), "message"),
+    )
+
+
+def _envelope(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
+    event_id = _scalar(body.get("event_id"), "event_id", required=True)
+    event_type = _scalar(body.get("event_type"), "event_type", required=True)
+    event = body.get("event")
+    kind = Kind.STATUS if event_type in _STATUS_TYPES else Kind.INBOUND if event_type in _TEXT_TYPES else Kind.EVENT
+    if kind is not Kind.EVENT and not isinstance(event, dict):
+        raise ParseError(f"'event' of a {event_type} envelope is {type(event).__name__}, expected an object")
+    event = event if isinstance(event, dict) else {}
+    # The envelope's event_id is the natural key of every event type.
+    base = Event(NAME, feed, kind, natural_key(NAME, kind, event_id), payload=body, provider_event_id=event_id)
+    if kind is Kind.STATUS:
+        recipient = _scalar(event.get("recipient"), "event.recipient", ints=True)
+        raw_status = _scalar(event.get("status"), "event.status", required=True)
+        status, reason = _status(raw_status)
+        return replace(
+            base,
+            occurred_at=_iso(event.get("status_at"), "event.status_at") or _iso(body.get("timestamp"), "timestamp"),
+            message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True, required=True),
+            phone=normalize_phone(recipient, ctx.default_region),
+            phone_raw=recipient,
+            status=status,
+            provider_status=raw_status,
+            provider_reason=_error_text(event.get("error")),
+            reason=reason,
+            user_ref=text_or_none(event.get("reference")),
+        )
+    if kind is Kind.INBOUND:
+        sender = _scalar(event.get("sender"), "event.sender", ints=True, required=True)
+        # Our side is not in the published shape; take it when GatewayAPI sends it.
+        ours = event.get("recipient") if event.get("recipient") is not None else event.get("receiver")
+        receiver = _scalar(ours, "event.recipient", ints=True)
+        content = event.get("content")
+        if content is not None and not isinstance(content, dict):
+            raise ParseError(f"'event.content' is {type(content).__name__}, expected an object")
+        return replace(
+            base,
+            occurred_at=_iso(event.get("sent_at"), "event.sent_at") or _iso(body.get("timestamp"), "timestamp"),
+            message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True),
+            phone=normalize_phone(sender, ctx.default_region),
+            phone_raw=sender,
+            counterpart=normalize_phone(receiver, ctx.default_region),
+            counterpart_raw=receiver,
+            body=_text((content or {}).get("message"), "event.content.message"),
+        )
+    # Location/file messages and types not known yet: kept whole, read leniently.
+    sender = _lenient(event.get("sender"))
+    return replace(
+        base,
+        occurred_at=_iso(body.get("timestamp"), "timestamp"),
+        message_ref=_lenient(event.get("msg_id")),
+        phone=normalize_phone(sender, ctx.default_region),
+        phone_raw=sender,
+        event_type=event_type,
+    )
+
+
+def _status(raw: str | None) -> tuple[Status, Reason | None]:
+    """The table row for a state in any letter case; an unknown state is `unknown`."""
+    return STATUS.get((raw or "").upper(), (Status.UNKNOWN, None))
+
+
+def _has(body: dict[str, Any], *names: str) -> bool:
+    return any(body.get(name) is not None for name in names)
+
+
+def _scalar(value: object, name: str, *, ints: bool = False, required: bool = False) -> str | None:
+    """A field as stripped text. Ids and MSISDNs (`ints`) are JSON integers by the docs; their
+    digit strings are tolerated too. Any other type is a ParseError naming the field."""
+    allowed: tuple[type, ...] = (str, int) if ints else (str,)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
+        wanted = "an integer or a string" if ints else "a string"
+        raise ParseError(f"field {name!r} is {type(value).__name__}, expected {wanted}")
+    text = text_or_none(value)
+    if required and text is None:
+        raise ParseError(f"required field {name!r} is missing or empty")
+    return text
+
+
+def _text(value: object, name: str) -> str | None:
+    """A message body, verbatim (not stripped); absent stays None."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ParseError(f"field {name!r} is {type(value).__name__}, expected a string")
+
+
+def _epoch(value: object, name: str) -> datetime | None:
+    if isinstance(value, bool):
+        raise ParseError(f"field {name!r} is a boolean, expected UNIX seconds")
+    return from_epoch(value)
+
+
+def _iso(value: object, name: str) -> datetime | None:
+    text = _scalar(value, name)
+    return from_iso(text)
+
+
+def _lenient(value: object) -> str | None:
+    """A scalar of an event we do not model: text when it is an integer or a string, else None."""
+    return text_or_none(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def _error_text(error: object) -> str | None:
+    """The new API's `{hex_code, details}`: the details when given, else the code."""
+    if isinstance(error, dict):
+        return text_or_none(error.get("details")) or text_or_none(error.get("hex_code"))
+    return text_or_none(error)
