@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from typing import Any, Mapping
 
 import psycopg
@@ -102,10 +101,8 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = N
     entries = normalize_batch(read_entries(ctx.redis, ctx.settings.stream, ids), ctx.normalize, dead_reason)
     result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8)
     ack(ctx.redis, ctx.settings, ids)
-    summary = asdict(result)
-    summary.pop("changes")
-    summary.update(entries=len(entries), missing=len(ids) - len(entries), seconds=round(time.perf_counter() - started, 4))
-    return summary
+    return result.summary(entries=len(entries), missing=len(ids) - len(entries),
+                          seconds=round(time.perf_counter() - started, 4))
 
 
 def normalize_batch(raw: list[RawEntry], ctx: NormalizeContext, dead_reason: str | None = None) -> list[Entry]:

@@ -21,12 +21,12 @@ CHANGE_COLUMNS = (
 )
 ROW_COLUMNS = ("subject", "scope", "state", "changed_at", "confirmed_at", "keyword", "provider", "event_key")
 
-LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM unnest(%s::text[]) AS s"
-LOAD_SQL = "SELECT subject, scope, state, confirmed_at, changed_at FROM consent WHERE subject = ANY(%s)"
-DONE_SQL = "SELECT event_key FROM consent_changes WHERE event_key = ANY(%s)"
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM unnest(%b::text[]) AS s"
+LOAD_SQL = "SELECT subject, scope, state, confirmed_at, changed_at FROM consent WHERE subject = ANY(%b)"
+DONE_SQL = "SELECT event_key FROM consent_changes WHERE event_key = ANY(%b)"
 UPSERT_SQL = (
     f"INSERT INTO consent ({', '.join(ROW_COLUMNS)}) SELECT * FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])"
+    "%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::text[])"
     " ON CONFLICT (subject, scope) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at,"
     " confirmed_at = excluded.confirmed_at,"
     " keyword = CASE WHEN consent.state = excluded.state THEN consent.keyword ELSE excluded.keyword END,"
@@ -38,8 +38,8 @@ UPSERT_SQL = (
 )
 CHANGES_SQL = (
     f"INSERT INTO consent_changes ({', '.join(CHANGE_COLUMNS)}) SELECT * FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::timestamptz[], %s::timestamptz[]) ON CONFLICT (event_key) DO NOTHING"
+    "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::timestamptz[], %b::timestamptz[]) ON CONFLICT (event_key) DO NOTHING"
     f" RETURNING id, {', '.join(CHANGE_COLUMNS)}"
 )
 

@@ -91,7 +91,11 @@ class Dispatcher:
     # -- reading and enqueueing --------------------------------------------------------------
 
     def inflight(self) -> int:
-        return self.queue.count + self.queue.started_job_registry.count
+        """Batches queued or running, in one round trip (RQ's registry count would also clean up)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(self.queue.key)
+        pipe.zcard(self.queue.started_job_registry.key)
+        return sum(pipe.execute())
 
     def read_batch(self, first_block_ms: int = 1000) -> list[str]:
         """Up to batch_size new ids: waits for the first, then at most batch_wait_ms for more."""

@@ -30,7 +30,7 @@ REPLAYED_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("dedupe_key", "receive
 
 
 def _unnest(columns: Iterable[str], types: Iterable[str]) -> str:
-    params = ", ".join(f"%s::{t}[]" for t in types)
+    params = ", ".join(f"%b::{t}[]" for t in types)  # %b: binary arrays, no per-element escaping
     return f"SELECT * FROM unnest({params}) AS u({', '.join(columns)})"
 
 
@@ -82,6 +82,12 @@ class WriteResult:
     consent_changes: int = 0
     dead_letters: int = 0
     changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """The job's result: counts only (results live in Redis; changes carry phone numbers)."""
+        counts = {"events": self.events, "inserted": self.inserted, "statuses": self.statuses,
+                  "consent_changes": self.consent_changes, "dead_letters": self.dead_letters}
+        return {**counts, **extra}
 
 
 def clean(text: str | None) -> str | None:
