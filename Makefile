@@ -20,5 +20,8 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
+bench: install
+	$(PY) -m bench.workers
+
 clean:
 	rm -rf $(VENV) .data

@@ -86,7 +86,7 @@ def normalize_entry(stream_id: str, fields: Mapping[bytes, bytes], ctx: Normaliz
     if not events:
         return entry.as_dead("no events in the record")
     classified = tuple(classify_inbound(e, ctx) if e.kind is Kind.INBOUND else e for e in events)
-    return dataclasses.replace(entry, events=classified)
+    return Entry(stream_id, fields, record, classified)
 
 
 def normalize_entries(entries: list[tuple[str, Mapping[bytes, bytes]]], ctx: NormalizeContext) -> list[Entry]:
