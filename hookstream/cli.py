@@ -13,7 +13,7 @@ from typing import Sequence
 
 from shared import logs
 from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.settings import PROVIDERS, Settings
 
 log = logging.getLogger("hookstream")
 
@@ -36,7 +36,7 @@ def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from hookstream.migrate import migrate
 
-    applied = migrate(settings.database_url_or_default())
+    applied = migrate(settings.database_url_or_default(), settings.archive_retention_s)
     log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
     return 0
 
@@ -58,6 +58,36 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.worker import run_workers
 
     return run_workers(settings, processes=args.processes, burst=args.burst)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from shared.errors import ParseError
+    from shared.times import parse_moment
+    from workers.context import WorkerContext
+    from workers.replay import Selection, replay
+
+    try:
+        selection = Selection(
+            since=parse_moment(args.since) if args.since else None,
+            until=parse_moment(args.until) if args.until else None,
+            from_id=args.from_id, to_id=args.to_id, provider=args.provider, feed=args.feed,
+        )
+    except ParseError as exc:
+        print(f"hookstream replay: {exc}", file=sys.stderr)
+        return 2
+    ctx = WorkerContext.open(settings)
+    try:
+        summary = replay(ctx, selection, from_archive=args.from_archive, dry_run=args.dry_run)
+    finally:
+        ctx.close()
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        width = max(len(name) for name in summary)
+        print("\n".join(f"{name.replace('_', ' '):<{width}}  {value}" for name, value in summary.items()))
+    return 1 if summary["failed_jobs"] else 0
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -85,6 +115,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--processes", type=int, default=int(os.environ.get("HOOKSTREAM_WORKERS", "1")))
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("replay", help="re-process part of the raw stream (or archive) through the current code")
+    p.add_argument("--since", help="ISO-8601 time, or an age such as 2h or 7d")
+    p.add_argument("--until", help="ISO-8601 time, or an age (exclusive)")
+    p.add_argument("--from-id", help="first stream id (inclusive)")
+    p.add_argument("--to-id", help="last stream id (inclusive)")
+    p.add_argument("--provider", choices=PROVIDERS)
+    p.add_argument("--feed")
+    p.add_argument("--from-archive", action="store_true", help="read the Postgres raw archive, not the stream")
+    p.add_argument("--dry-run", action="store_true", help="count what would change, write nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_replay)
 
     p = sub.add_parser("run", help="run everything; embedded Redis and Postgres when no URLs are set")
     p.add_argument("--host", default=os.environ.get("HOOKSTREAM_HOST", "127.0.0.1"))

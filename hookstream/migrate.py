@@ -6,6 +6,8 @@ from importlib import resources
 
 import psycopg
 
+from workers import archive
+
 LOCK_ID = 0x686F6F6B  # "hook"
 
 
@@ -15,8 +17,8 @@ def migration_files() -> list[tuple[str, str]]:
     return files
 
 
-def migrate(database_url: str) -> list[str]:
-    """Apply what is missing; returns the names applied now."""
+def migrate(database_url: str, archive_retention_s: int = 30 * 86400) -> list[str]:
+    """Apply what is missing and make the raw archive's coming partitions; returns the names applied now."""
     applied_now: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
@@ -34,4 +36,5 @@ def migrate(database_url: str) -> list[str]:
                 applied_now.append(name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
+        archive.maintain(conn, archive_retention_s)
     return applied_now

@@ -112,6 +112,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     key_prefix: str = "hookstream"
     stream_retention_s: int = 24 * 3600
+    archive_retention_s: int = 30 * 86400
     default_region: str | None = None
     gatewayapi_keywords: frozenset[str] = frozenset()
     batch_size: int = 500
@@ -153,6 +154,7 @@ class Settings:
             max_body_bytes=_int(env, "HOOKSTREAM_MAX_BODY_BYTES", 64 * 1024, minimum=1),
             key_prefix=env.get("HOOKSTREAM_KEY_PREFIX", "hookstream").strip() or "hookstream",
             stream_retention_s=_duration_s(env, "HOOKSTREAM_STREAM_RETENTION", 24 * 3600),
+            archive_retention_s=_duration_s(env, "HOOKSTREAM_ARCHIVE_RETENTION", 30 * 86400),
             default_region=(env.get("HOOKSTREAM_DEFAULT_REGION", "").strip().upper() or None),
             gatewayapi_keywords=frozenset(k.strip().casefold() for k in keywords.split(",") if k.strip()),
             batch_size=_int(env, "HOOKSTREAM_BATCH_SIZE", 500, minimum=1),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from shared.errors import ParseError
@@ -48,3 +48,17 @@ def from_iso(text: object) -> datetime | None:
         return parsed.astimezone(timezone.utc)
     except OverflowError as exc:
         raise ParseError(f"time {text!r} is out of range") from exc
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_moment(text: str, now: datetime | None = None) -> datetime:
+    """A command-line time: ISO-8601 (UTC when no offset) or an age such as `90m`, `2h`, `7d` (ago)."""
+    text = text.strip()
+    if text[:-1].isdigit() and text[-1:] in _UNITS:
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+    moment = from_iso(text)
+    if moment is None:
+        raise ParseError("an empty time")
+    return moment

@@ -16,6 +16,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from redis import Redis
 
+from shared.record import RawRecord
 from shared.settings import Settings
 from workers.context import WorkerContext
 from workers.normalize import Entry, NormalizeContext, normalize_entries
@@ -50,7 +51,8 @@ def read_entries(redis: Redis, stream: str, ids: list[str]) -> list[RawEntry]:
 
 def _merge(a: WriteResult, b: WriteResult) -> WriteResult:
     return WriteResult(
-        events=a.events + b.events, inserted=a.inserted + b.inserted, statuses=a.statuses + b.statuses,
+        events=a.events + b.events, inserted=a.inserted + b.inserted, updated=a.updated + b.updated,
+        statuses=a.statuses + b.statuses,
         consent_changes=a.consent_changes + b.consent_changes, dead_letters=a.dead_letters + b.dead_letters,
         changes=a.changes + b.changes,
     )
@@ -103,6 +105,34 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = N
     ack(ctx.redis, ctx.settings, ids)
     return result.summary(entries=len(entries), missing=len(ids) - len(entries),
                           seconds=round(time.perf_counter() - started, 4))
+
+
+def replay_entries(ctx: WorkerContext, raw: list[RawEntry], *, dry_run: bool = False) -> dict[str, Any]:
+    """Entries again through the current normalizers: events upserted, nothing acknowledged.
+
+    Consent changes (keyed by their event) and statuses (monotonic) are never applied twice.
+    A dry run does all the same work in a transaction that is rolled back.
+    """
+    started = time.perf_counter()
+    entries = normalize_batch(raw, ctx.normalize)
+    if dry_run:
+        with ctx.pool.connection() as conn, conn.transaction(force_rollback=True):
+            result = write_entries(conn, entries, replay=True)
+    else:
+        result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8, replay=True)
+    return result.summary(entries=len(entries), seconds=round(time.perf_counter() - started, 4))
+
+
+def read_archive(pool: ConnectionPool, keys: list[tuple[str, str]]) -> list[RawEntry]:
+    """Archived records by (received_at ISO, stream id), rebuilt into stream fields, in stream order."""
+    sql = ("SELECT received_at, stream_id, provider, feed, method, query, content_type, headers, client, body,"
+           " version FROM raw_archive WHERE (received_at, stream_id) IN"
+           " (SELECT * FROM unnest(%s::timestamptz[], %s::text[])) ORDER BY received_at, stream_id")
+    with pool.connection() as conn:
+        rows = conn.execute(sql, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+    return [(sid, RawRecord(provider, feed, method, bytes(query), content_type, headers, client,
+                            round(at.timestamp() * 1000), bytes(body), version).to_fields())
+            for at, sid, provider, feed, method, query, content_type, headers, client, body, version in rows]
 
 
 def normalize_batch(raw: list[RawEntry], ctx: NormalizeContext, dead_reason: str | None = None) -> list[Entry]:

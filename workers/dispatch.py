@@ -27,6 +27,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from shared.settings import Settings
+from workers import archive
 
 log = logging.getLogger("hookstream.dispatch")
 
@@ -34,6 +35,7 @@ PROCESS_JOB = "workers.jobs.process_batch"
 DEAD_LETTER_JOB = "workers.jobs.dead_letter_batch"
 RECLAIM_SCAN = 1000
 TRIM_EVERY_S = 60.0
+ARCHIVE_EVERY_S = 3600.0
 # A started job older than its timeout plus this cannot still be running: SimpleWorker's death
 # penalty stops it at the timeout, so its worker died (SIGKILL, OOM, lost host).
 STARTED_GRACE_S = 5
@@ -74,8 +76,9 @@ class Dispatcher:
         self.name = name or consumer_name()
         self.queue = make_queue(settings.queue, redis)
         self.stats = Stats()
-        self._last_reclaim = 0.0
-        self._last_trim = 0.0
+        self._last_reclaim = float("-inf")  # due at once: monotonic time may start near 0
+        self._last_trim = float("-inf")
+        self._last_archive = float("-inf")
 
     # -- group -------------------------------------------------------------------------------
 
@@ -213,6 +216,9 @@ class Dispatcher:
         if now - self._last_trim >= TRIM_EVERY_S:
             self._last_trim = now
             self.trim()
+        if now - self._last_archive >= ARCHIVE_EVERY_S:
+            self._last_archive = now
+            archive.maintain_url(self.settings.database_url_or_default(), self.settings.archive_retention_s)
         if self.inflight() >= self.settings.max_inflight_batches:
             time.sleep(0.005)
             return 0

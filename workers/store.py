@@ -44,7 +44,7 @@ EVENTS_REPLAY_SQL = (
     + ", ".join(f"events.{c}" for c in REPLAYED_COLUMNS)
     + ") IS DISTINCT FROM ("
     + ", ".join(f"excluded.{c}" for c in REPLAYED_COLUMNS)
-    + ")"
+    + ") RETURNING (xmax = 0)"  # true: inserted, false: updated
 )
 
 STATUS_COLUMNS = (
@@ -74,10 +74,24 @@ DEAD_SQL = (
 )
 
 
+ARCHIVE_COLUMNS = (
+    "received_at", "stream_id", "provider", "feed", "method", "query", "content_type", "headers", "client", "body",
+    "version",
+)
+ARCHIVE_TYPES = ["timestamptz", "text", "text", "text", "text", "bytea", "text", "jsonb", "text", "bytea", "int4"]
+ARCHIVE_SQL = (
+    f"INSERT INTO raw_archive ({', '.join(ARCHIVE_COLUMNS)}) {_unnest(ARCHIVE_COLUMNS, ARCHIVE_TYPES)}"
+    " ON CONFLICT DO NOTHING"
+)
+# A replay that turns a dead letter into events has repaired it.
+REPAIRED_SQL = "DELETE FROM dead_letters WHERE stream_id = ANY(%b::text[])"
+
+
 @dataclass
 class WriteResult:
     events: int = 0
     inserted: int = 0
+    updated: int = 0  # replays only: stored rows a corrected normalizer changed
     statuses: int = 0
     consent_changes: int = 0
     dead_letters: int = 0
@@ -85,7 +99,7 @@ class WriteResult:
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         """The job's result: counts only (results live in Redis; changes carry phone numbers)."""
-        counts = {"events": self.events, "inserted": self.inserted, "statuses": self.statuses,
+        counts = {"events": self.events, "inserted": self.inserted, "updated": self.updated, "statuses": self.statuses,
                   "consent_changes": self.consent_changes, "dead_letters": self.dead_letters}
         return {**counts, **extra}
 
@@ -110,6 +124,11 @@ def _event_row(event: Event, record: RawRecord) -> list[Any]:
         clean(event.keyword), event.outcome and str(event.outcome), event.occurred_at, record.received_at,
         record.stream_id, _payload_json(event.payload), NORMALIZER_VERSION,
     ]
+
+
+def _archive_row(record: RawRecord) -> list[Any]:
+    return [record.received_at, record.stream_id, record.provider, record.feed, record.method, record.query,
+            clean(record.content_type), _payload_json(dict(record.headers)), record.client, record.body, record.version]
 
 
 def _columns(rows: list[list[Any]], width: int) -> list[list[Any]]:
@@ -165,14 +184,26 @@ def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: boo
     with conn.cursor() as cur:
         if items:
             rows = [_event_row(event, record) for event, record in items]
-            cur.execute(EVENTS_REPLAY_SQL if replay else EVENTS_LIVE_SQL, _columns(rows, len(EVENT_COLUMNS)))
-            result.events, result.inserted = len(rows), max(cur.rowcount, 0)
+            result.events = len(rows)
+            if replay:
+                written = [row[0] for row in cur.execute(EVENTS_REPLAY_SQL, _columns(rows, len(EVENT_COLUMNS)))]
+                result.inserted, result.updated = written.count(True), written.count(False)
+            else:
+                cur.execute(EVENTS_LIVE_SQL, _columns(rows, len(EVENT_COLUMNS)))
+                result.inserted = max(cur.rowcount, 0)
             statuses = status_winners(items)
             if statuses:
                 cur.execute(STATUS_SQL, _columns(statuses, len(STATUS_COLUMNS)))
                 result.statuses = max(cur.rowcount, 0)
             result.changes = consent.apply(cur, items)
             result.consent_changes = len(result.changes)
+        archived = [_archive_row(entry.record) for entry in entries if entry.record is not None]
+        if archived and not replay:
+            cur.execute(ARCHIVE_SQL, _columns(archived, len(ARCHIVE_COLUMNS)))
+        if replay:
+            repaired = [entry.stream_id for entry in entries if entry.events]
+            if repaired:
+                cur.execute(REPAIRED_SQL, (repaired,))
         dead = [_dead_row(entry) for entry in entries if entry.dead_reason is not None]
         if dead:
             cur.execute(DEAD_SQL, _columns(dead, len(DEAD_COLUMNS)))
