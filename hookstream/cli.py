@@ -42,21 +42,32 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
     from redis import Redis
 
     from workers.dispatch import Dispatcher
+    from workers.metrics import DispatchMetrics, serve
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     redis = Redis.from_url(settings.redis_url_or_default(), socket_timeout=10, socket_connect_timeout=2)
-    Dispatcher(settings, redis).run(stop)
+    metrics = DispatchMetrics(CollectorRegistry())
+    serve(args.metrics_port, metrics.registry)
+    Dispatcher(settings, redis, metrics=metrics).run(stop)
     return 0
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    # Before anything imports prometheus_client: every worker process writes its metrics to files
+    # in this folder, and this process serves their sum.
+    from workers.metrics import prepare_multiprocess
+
+    prepare_multiprocess()
+    from workers.metrics import serve
     from workers.worker import run_workers
 
+    serve(args.metrics_port)
     return run_workers(settings, processes=args.processes, burst=args.burst)
 
 
@@ -109,11 +120,14 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_ingress)
 
     sub.add_parser("migrate", help="apply the Postgres migrations").set_defaults(handler=cmd_migrate)
-    sub.add_parser("dispatch", help="read the stream and enqueue batches").set_defaults(handler=cmd_dispatch)
+    p = sub.add_parser("dispatch", help="read the stream and enqueue batches")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: none)")
+    p.set_defaults(handler=cmd_dispatch)
 
     p = sub.add_parser("worker", help="process batches (RQ workers)")
     p.add_argument("-n", "--processes", type=int, default=int(os.environ.get("HOOKSTREAM_WORKERS", "1")))
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: none)")
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("replay", help="re-process part of the raw stream (or archive) through the current code")
@@ -144,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hookstream: configuration error: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "metrics_port", 0) is None:
+        args.metrics_port = settings.worker_metrics_port if args.command == "worker" else settings.dispatch_metrics_port
     return int(args.handler(settings, args) or 0)
 
 

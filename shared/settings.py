@@ -124,7 +124,8 @@ class Settings:
     result_ttl_s: int = 60
     failure_ttl_s: int = 3 * 86400
     pg_pool_size: int = 2
-    metrics_port: int = 0  # workers and dispatcher: 0 = no metrics server
+    worker_metrics_port: int = 9101  # Prometheus /metrics of `hookstream worker`; 0 = none
+    dispatch_metrics_port: int = 9102  # and of `hookstream dispatch`
     local_profile: bool = False
 
     @classmethod
@@ -166,7 +167,8 @@ class Settings:
             result_ttl_s=_duration_s(env, "HOOKSTREAM_RESULT_TTL", 60),
             failure_ttl_s=_duration_s(env, "HOOKSTREAM_FAILURE_TTL", 3 * 86400),
             pg_pool_size=_int(env, "HOOKSTREAM_PG_POOL_SIZE", 2, minimum=1),
-            metrics_port=_int(env, "HOOKSTREAM_METRICS_PORT", 0),
+            worker_metrics_port=_int(env, "HOOKSTREAM_WORKER_METRICS_PORT", 9101),
+            dispatch_metrics_port=_int(env, "HOOKSTREAM_DISPATCH_METRICS_PORT", 9102),
         )
 
     @property

@@ -19,6 +19,7 @@ from redis import Redis
 from shared.record import RawRecord
 from shared.settings import Settings
 from workers.context import WorkerContext
+from workers.metrics import WorkerMetrics
 from workers.normalize import Entry, NormalizeContext, normalize_entries
 from workers.store import WriteResult, write_entries
 
@@ -90,6 +91,21 @@ def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float
             delay = min(delay * 2, 2.0)
 
 
+def observe(metrics: WorkerMetrics, mode: str, entries: list[Entry], result: WriteResult, seconds: float) -> None:
+    metrics.batches.labels(mode, "ok").inc()
+    metrics.batch_size.observe(len(entries))
+    metrics.batch_seconds.observe(seconds)
+    committed_at = time.time()
+    for entry in entries:
+        metrics.observe_events(entry.events)
+        if entry.dead_reason is not None:
+            metrics.dead_letters.labels(entry.record.provider if entry.record else "unknown").inc()
+        elif mode == "live" and entry.record is not None:
+            metrics.commit_lag.observe(max(committed_at - entry.record.received_at_ms / 1000, 0.0))
+    for change in result.changes:
+        metrics.consent_changes.labels(change["outcome"]).inc()
+
+
 def ack(redis: Redis, settings: Settings, ids: list[str]) -> None:
     pipe = redis.pipeline(transaction=False)
     pipe.xack(settings.stream, settings.group, *ids)
@@ -102,6 +118,7 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = N
     started = time.perf_counter()
     entries = normalize_batch(read_entries(ctx.redis, ctx.settings.stream, ids), ctx.normalize, dead_reason)
     result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8)
+    observe(ctx.metrics, "live", entries, result, time.perf_counter() - started)
     ack(ctx.redis, ctx.settings, ids)
     return result.summary(entries=len(entries), missing=len(ids) - len(entries),
                           seconds=round(time.perf_counter() - started, 4))
@@ -120,6 +137,7 @@ def replay_entries(ctx: WorkerContext, raw: list[RawEntry], *, dry_run: bool = F
             result = write_entries(conn, entries, replay=True)
     else:
         result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8, replay=True)
+        observe(ctx.metrics, "replay", entries, result, time.perf_counter() - started)
     return result.summary(entries=len(entries), seconds=round(time.perf_counter() - started, 4))
 
 

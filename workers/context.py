@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 from redis import Redis
 
 from shared.keywords import KeywordPolicy
 from shared.providers import ParseContext
 from shared.settings import Settings
+from workers.metrics import WorkerMetrics
 from workers.normalize import NormalizeContext
 
 
@@ -24,9 +26,11 @@ class WorkerContext:
     redis: Redis
     pool: ConnectionPool
     normalize: NormalizeContext
+    metrics: WorkerMetrics
 
     @classmethod
-    def open(cls, settings: Settings) -> WorkerContext:
+    def open(cls, settings: Settings, registry: CollectorRegistry | None = None) -> WorkerContext:
+        """`registry`: None for the process's default one (served by `hookstream worker`)."""
         pool = ConnectionPool(
             settings.database_url_or_default(),
             min_size=1,
@@ -41,6 +45,7 @@ class WorkerContext:
             redis=Redis.from_url(settings.redis_url_or_default(), socket_timeout=10, socket_connect_timeout=2),
             pool=pool,
             normalize=normalize_context(settings),
+            metrics=WorkerMetrics(registry),
         )
 
     def close(self) -> None:

@@ -16,8 +16,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -28,6 +28,7 @@ from rq.serializers import JSONSerializer
 
 from shared.settings import Settings
 from workers import archive
+from workers.metrics import DispatchMetrics
 
 log = logging.getLogger("hookstream.dispatch")
 
@@ -61,21 +62,14 @@ def make_queue(name: str, redis: Redis) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
-@dataclass
-class Stats:
-    batches: int = 0
-    entries: int = 0
-    reclaimed: int = 0
-    dead_lettered: int = 0
-
-
 class Dispatcher:
-    def __init__(self, settings: Settings, redis: Redis, *, name: str | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Redis, *, name: str | None = None,
+                 metrics: DispatchMetrics | None = None) -> None:
         self.settings = settings
         self.redis = redis
+        self.metrics = metrics or DispatchMetrics(CollectorRegistry())
         self.name = name or consumer_name()
         self.queue = make_queue(settings.queue, redis)
-        self.stats = Stats()
         self._last_reclaim = float("-inf")  # due at once: monotonic time may start near 0
         self._last_trim = float("-inf")
         self._last_archive = float("-inf")
@@ -136,7 +130,7 @@ class Dispatcher:
         # In the same MULTI as the job (RQ opens it): the job → entries map is never half-written.
         pipe.hset(s.inflight_key, mapping={sid: job_id for sid in ids})
         pipe.execute()
-        self.stats.batches += 1
+        self.metrics.batches.inc()
         return job
 
     # -- reclaiming --------------------------------------------------------------------------
@@ -176,11 +170,23 @@ class Dispatcher:
         for chunk in _chunks(give_up, s.batch_size):
             reason = f"gave up after {s.max_deliveries} deliveries (jobs failed or their workers died)"
             self.enqueue(chunk, attempt=max(deliveries.get(sid, 1) for sid in chunk), dead_reason=reason)
-        self.stats.reclaimed += len(retry)
-        self.stats.dead_lettered += len(give_up)
+        self.metrics.reclaimed.inc(len(retry))
+        self.metrics.dead_lettered.inc(len(give_up))
         if claimed_ids:
             log.warning("reclaimed %d entries, %d of them to the dead letters", len(claimed_ids), len(give_up))
         return len(claimed_ids)
+
+    def observe_stream(self) -> None:
+        """Stream length, group lag and pending entries for the gauges."""
+        s, m = self.settings, self.metrics
+        m.inflight.set(self.inflight())
+        m.length.set(self.redis.xlen(s.stream))
+        for group in self.redis.xinfo_groups(s.stream):
+            if group["name"].decode() == s.group:
+                m.pending.set(group["pending"])
+                m.lag.set(group.get("lag") or 0)
+        oldest = self.redis.xpending_range(s.stream, s.group, min="-", max="+", count=1)
+        m.oldest_pending_s.set(oldest[0]["time_since_delivered"] / 1000 if oldest else 0)
 
     # -- trimming ----------------------------------------------------------------------------
 
@@ -213,6 +219,7 @@ class Dispatcher:
         if now - self._last_reclaim >= max(1.0, self.settings.visibility_timeout_s / 4):
             self._last_reclaim = now
             self.reclaim()
+            self.observe_stream()
         if now - self._last_trim >= TRIM_EVERY_S:
             self._last_trim = now
             self.trim()
@@ -225,7 +232,7 @@ class Dispatcher:
         ids = self.read_batch(first_block_ms)
         if ids:
             self.enqueue(ids)
-            self.stats.entries += len(ids)
+            self.metrics.enqueued.inc(len(ids))
         return len(ids)
 
     def run(self, stop: threading.Event) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import psycopg
+from prometheus_client import CollectorRegistry
 import pytest
 import redis
 from rq import SimpleWorker
@@ -26,7 +27,7 @@ def settings(redis_url: str, database_url: str) -> Settings:
 
 @pytest.fixture
 def worker_context(settings: Settings, redis_client: redis.Redis, db: psycopg.Connection) -> Iterator[WorkerContext]:
-    ctx = WorkerContext.open(settings)
+    ctx = WorkerContext.open(settings, CollectorRegistry())
     context.install(ctx)
     yield ctx
     context.install(None)
@@ -71,3 +72,11 @@ def drain(settings: Settings, redis_client: redis.Redis, dispatcher: Dispatcher,
         raise AssertionError("entries stay pending")
 
     return go
+
+
+def entries_enqueued(dispatcher: Dispatcher) -> float:
+    return dispatcher.metrics.registry.get_sample_value("hookstream_dispatch_entries_total") or 0.0
+
+
+def reclaimed(dispatcher: Dispatcher) -> float:
+    return dispatcher.metrics.registry.get_sample_value("hookstream_dispatch_reclaimed_total") or 0.0

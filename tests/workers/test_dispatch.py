@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from shared.record import RawRecord
 from shared.settings import Settings
 from tests.providers.util import record
-from tests.workers.conftest import run_workers
+from tests.workers.conftest import entries_enqueued, run_workers
 from workers.context import WorkerContext
 from workers.dispatch import Dispatcher, batch_job_id
 
@@ -66,9 +66,9 @@ def test_the_group_comes_back_after_it_vanished(settings: Settings, redis_client
         redis_client.xgroup_destroy(settings.stream, settings.group)  # as after a Redis restart without data
         append(redis_client, settings, 2)
         deadline = time.monotonic() + 10
-        while dispatcher.stats.entries < 2 and time.monotonic() < deadline:
+        while entries_enqueued(dispatcher) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert dispatcher.stats.entries == 2
+        assert entries_enqueued(dispatcher) == 2
     finally:
         stop.set()
         runner.join(5)

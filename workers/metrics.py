@@ -1,0 +1,90 @@
+"""Prometheus metrics of the workers and the dispatcher, each served on a port of its own.
+
+`hookstream worker -n N` runs N processes: their metrics go through prometheus_client's
+multiprocess mode (a folder of shared files named by PROMETHEUS_MULTIPROC_DIR, which the parent
+sets before anything imports prometheus_client), and the parent serves the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from shared.events import Event
+
+log = logging.getLogger("hookstream.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def prepare_multiprocess() -> str:
+    """Call before importing this module's metrics in a worker parent: a fresh folder for the files."""
+    folder = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="hookstream-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    return folder
+
+
+def serve(port: int, registry: CollectorRegistry | None = None) -> None:
+    """The /metrics endpoint on `port` (0: none); a port in use is logged, never fatal."""
+    if not port:
+        return
+    if registry is None:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    try:
+        start_http_server(port, registry=registry)
+        log.info("metrics on :%d/metrics", port)
+    except OSError as exc:
+        log.warning("metrics port %d unavailable (%s); running without /metrics", port, exc.strerror)
+
+
+class WorkerMetrics:
+    """What a batch did: events by provider/kind/outcome, its size and time, receive-to-commit lag."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        kw = {"registry": registry} if registry is not None else {}
+        self.events = Counter("hookstream_worker_events", "Normalized events written, by provider, kind and"
+                              " keyword outcome (inbound texts) or status.", ["provider", "kind", "outcome"], **kw)
+        self.dead_letters = Counter("hookstream_worker_dead_letters", "Records dead-lettered, by provider.",
+                                    ["provider"], **kw)
+        self.consent_changes = Counter("hookstream_worker_consent_changes", "Consent changes applied.",
+                                       ["outcome"], **kw)
+        self.batches = Counter("hookstream_worker_batches", "Batches processed, by mode (live, replay) and result.",
+                               ["mode", "result"], **kw)
+        self.batch_size = Histogram("hookstream_worker_batch_size", "Stream entries per batch.",
+                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), **kw)
+        self.batch_seconds = Histogram("hookstream_worker_batch_seconds", "Time to process one batch.",
+                                       buckets=LATENCY_BUCKETS, **kw)
+        self.commit_lag = Histogram("hookstream_worker_commit_lag_seconds", "From the ingress's 200 (receive time)"
+                                    " to the commit of the record's batch.", buckets=LAG_BUCKETS, **kw)
+
+    def observe_events(self, events: Iterable[Event]) -> None:
+        for event in events:
+            outcome = event.outcome or event.status or event.consent or "none"
+            self.events.labels(event.provider, event.kind, str(outcome)).inc()
+
+
+class DispatchMetrics:
+    """The stream as the dispatcher sees it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        kw = {"registry": registry}
+        self.enqueued = Counter("hookstream_dispatch_entries", "Stream entries handed to workers.", **kw)
+        self.batches = Counter("hookstream_dispatch_batches", "Batches enqueued.", **kw)
+        self.reclaimed = Counter("hookstream_dispatch_reclaimed", "Entries reclaimed from dead or failed jobs.", **kw)
+        self.dead_lettered = Counter("hookstream_dispatch_gave_up", "Entries sent to the dead letters after too"
+                                     " many deliveries.", **kw)
+        self.pending = Gauge("hookstream_stream_pending", "Entries delivered to workers, not yet acknowledged.", **kw)
+        self.lag = Gauge("hookstream_stream_lag", "Entries in the stream not yet read by the group.", **kw)
+        self.length = Gauge("hookstream_stream_length", "Entries in the stream.", **kw)
+        self.oldest_pending_s = Gauge("hookstream_stream_oldest_pending_seconds", "Idle time of the oldest"
+                                      " pending entry.", **kw)
+        self.inflight = Gauge("hookstream_dispatch_inflight_batches", "Batches queued or running in RQ.", **kw)
