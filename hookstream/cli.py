@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from typing import Sequence
 
@@ -61,9 +64,9 @@ def cmd_dispatch(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # Before anything imports prometheus_client: every worker process writes its metrics to files
     # in this folder, and this process serves their sum.
-    from workers.metrics import prepare_multiprocess
-
-    prepare_multiprocess()
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        folder = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hookstream-metrics-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     from workers.metrics import serve
     from workers.worker import run_workers
 

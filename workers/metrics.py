@@ -1,15 +1,13 @@
 """Prometheus metrics of the workers and the dispatcher, each served on a port of its own.
 
 `hookstream worker -n N` runs N processes: their metrics go through prometheus_client's
-multiprocess mode (a folder of shared files named by PROMETHEUS_MULTIPROC_DIR, which the parent
+multiprocess mode (a folder of shared files named by PROMETHEUS_MULTIPROC_DIR, which the command
 sets before anything imports prometheus_client), and the parent serves the sum.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -19,16 +17,8 @@ from shared.events import Event
 
 log = logging.getLogger("hookstream.metrics")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-
-
-def prepare_multiprocess() -> str:
-    """Call before importing this module's metrics in a worker parent: a fresh folder for the files."""
-    folder = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="hookstream-metrics-")
-    os.environ[MULTIPROC_ENV] = folder
-    return folder
 
 
 def serve(port: int, registry: CollectorRegistry | None = None) -> None:

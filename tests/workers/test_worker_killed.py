@@ -104,3 +104,30 @@ def test_sigkill_mid_batch_then_reclaim_gives_every_event_once(redis_url: str, d
     assert dead == expected_dead
     changes = [row[0] for row in db.execute("SELECT event_key FROM consent_changes")]
     assert len(changes) == len(set(changes))
+
+
+def test_sigterm_lets_a_worker_finish_its_batch(redis_url: str, database_url: str, redis_client: redis.Redis,
+                                                db: psycopg.Connection) -> None:
+    env = worker_env(redis_url, database_url)
+    settings = Settings.from_env(env)
+    dispatcher = Dispatcher(settings, redis_client, name="test-dispatcher")
+    dispatcher.ensure_group()
+    pipe = redis_client.pipeline(transaction=False)
+    for rec in records(ENTRIES, seed=5):
+        pipe.xadd(settings.stream, rec.to_fields())  # type: ignore[arg-type]
+    pipe.execute()
+    while ids := dispatcher.read_batch(first_block_ms=1):
+        dispatcher.enqueue(ids)
+    started_registry = Queue(settings.queue, connection=redis_client).started_job_registry
+    worker = start_worker(env)
+    deadline = time.monotonic() + 30
+    while not started_registry.get_job_count(cleanup=False) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    [running] = started_registry.get_job_ids(cleanup=False)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    job = Job.fetch(running, connection=redis_client, serializer=JSONSerializer)
+    assert job.get_status() == "finished"
+    assert not any(redis_client.xpending_range(settings.stream, settings.group, min=i, max=i, count=1)
+                   for i in job.args[0]), "the batch it was working on was committed and acknowledged"
+    assert 0 < pending(redis_client, settings) < ENTRIES, "it stopped after that batch, leaving the rest queued"
