@@ -1,0 +1,704 @@
+"""Deployment files, checked by the tools that consume them and against the code they run.
+
+Real tools: PyYAML parses every file; `kubernetes-validate` (its bundled Kubernetes JSON schemas,
+strict: unknown fields are errors) checks every built-in kind, also as a CLI run with no network;
+`jsonschema` checks the KEDA objects against the openAPIV3Schema of the CRDs in crds/ (hand-written
+subsets, see their header); `kubectl kustomize` builds deploy/kubernetes; `docker-compose config`
+(Debian's docker-compose) reads deploy/compose.yaml; `systemd-analyze verify` reads the units; the
+`hookstream` argument parser and `Settings.from_env` read the commands and the settings.
+
+Hand-written here: the cross-references (selectors, ports, probes, names of ConfigMaps, Secrets and
+keys), the shutdown budgets, and the short table of KEDA trigger parameters (TRIGGER_PARAMETERS).
+
+A test that needs a Debian tool fails when the tool is missing under CI (.ci/run installs it) and
+is skipped, with the package to install, elsewhere.
+"""
+
+from __future__ import annotations
+
+import configparser
+import copy
+import ipaddress
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import SchemaNotFoundError, latest_version
+from rq import Queue
+
+from hookstream import cli
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+SYSTEMD = DEPLOY / "systemd"
+CRDS = Path(__file__).resolve().parent / "crds"
+IN_CI = bool(os.environ.get("CI"))
+
+# The oldest Kubernetes these manifests are meant for, and the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.29", latest_version())
+KEDA_GROUP = "keda.sh"
+NOT_KUBERNETES_OBJECTS = {("kustomize.config.k8s.io/v1beta1", "Kustomization")}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+# Margin on top of a batch's job timeout before the kubelet / Compose / systemd may SIGKILL a worker.
+WORKER_STOP_MARGIN_S = 15
+# Margin on top of preStop sleep + uvicorn's drain before the kubelet may SIGKILL an ingress pod.
+INGRESS_STOP_MARGIN_S = 5
+# PostgreSQL's default max_connections.
+POSTGRES_MAX_CONNECTIONS = 100
+
+# KEDA trigger metadata keys, hand-written from the KEDA 2.x scaler pages (redis lists, redis
+# streams); a misspelt key is otherwise ignored by KEDA without a word. Connection parameters may
+# also come from a TriggerAuthentication (AUTH_PARAMETERS).
+_REDIS_CONNECTION = {
+    "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "username",
+    "usernameFromEnv", "password", "passwordFromEnv", "databaseIndex", "enableTLS", "unsafeSsl",
+}
+TRIGGER_PARAMETERS = {
+    "redis": _REDIS_CONNECTION | {"listName", "listLength", "activationListLength"},
+    "redis-streams": _REDIS_CONNECTION | {
+        "stream", "consumerGroup", "pendingEntriesCount", "streamLength", "lagCount",
+        "activationLagCount", "activationStreamLength",
+    },
+}
+AUTH_PARAMETERS = {"address", "host", "port", "username", "password", "tls", "ca", "cert", "key", "keyPassword"}
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> list[Any]:
+    with path.open(encoding="utf-8") as handle:
+        return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+
+
+@cache
+def manifest_files() -> tuple[Path, ...]:
+    return tuple(sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"))
+
+
+@cache
+def manifests() -> tuple[dict[str, Any], ...]:
+    return tuple(doc for path in manifest_files() for doc in load_yaml(path))
+
+
+def objects(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in manifests() if doc["kind"] == kind]
+
+
+def one(kind: str, name: str) -> dict[str, Any]:
+    found = [doc for doc in objects(kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name!r}, found {len(found)}"
+    return found[0]
+
+
+def workloads() -> list[dict[str, Any]]:
+    return [doc for doc in manifests() if doc["kind"] in WORKLOAD_KINDS]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def all_containers() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for workload in workloads():
+        for container in containers(workload):
+            yield workload, container
+
+
+def by_component(component: str) -> dict[str, Any]:
+    found = [w for w in workloads() if w["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one workload for component {component!r}, found {len(found)}"
+    return found[0]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels selectors are checked here: {selector}"
+    return all(labels.get(key) == value for key, value in selector["matchLabels"].items())
+
+
+def selected_workloads(selector: dict[str, Any]) -> list[str]:
+    return [w["metadata"]["name"] for w in workloads() if selects(selector, w["spec"]["template"]["metadata"]["labels"])]
+
+
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    assert "data" not in secret, "the Secret template uses stringData (readable placeholders)"
+    return secret.get("stringData", {})
+
+
+def parse_command(argv: list[str]) -> Any:
+    """The real `hookstream` parser: an unknown subcommand or option fails here as it would there."""
+    assert Path(argv[0]).name == "hookstream", f"not a hookstream command: {argv}"
+    try:
+        return cli.parser().parse_args(argv[1:])
+    except SystemExit as exc:
+        pytest.fail(f"`{shlex.join(argv)}` is refused by hookstream's argument parser (exit {exc.code})")
+
+
+def need_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    if IN_CI:
+        pytest.fail(f"`{name}` is missing; .ci/run installs the Debian package {package}")
+    pytest.skip(f"`{name}` is not installed here (apt-get install -y {package}); CI installs it")
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **kwargs)
+
+
+@cache
+def settings_from_manifests() -> Settings:
+    """The settings every pod gets: the ConfigMap, plus the Secret template's placeholders."""
+    env: dict[str, str] = dict(one("ConfigMap", "hookstream-config")["data"])
+    env.update(secret_data(one("Secret", "hookstream-providers")))
+    env["HOOKSTREAM_REDIS_URL"] = secret_data(one("Secret", "hookstream-redis"))["url"]
+    env["HOOKSTREAM_DATABASE_URL"] = secret_data(one("Secret", "hookstream-postgres"))["url"]
+    try:
+        return Settings.from_env(env)
+    except ConfigError as exc:
+        pytest.fail(f"the ConfigMap and Secret template do not parse as hookstream settings: {exc}")
+
+
+class _RecordingEnv(dict):  # type: ignore[type-arg]
+    """An empty environment that records every name asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.names.add(key)
+        return default
+
+    def __getitem__(self, key: Any) -> Any:
+        self.names.add(key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.names.add(str(key))
+        return False
+
+
+@cache
+def variables_the_code_reads() -> frozenset[str]:
+    """HOOKSTREAM_* names read by Settings.from_env (asked, not grepped: it builds some names from
+    the provider list) and the ones spelt out in shared/settings.py and hookstream/cli.py."""
+    recorder = _RecordingEnv()
+    Settings.from_env(recorder)
+    names = {name for name in recorder.names if name.startswith("HOOKSTREAM_")}
+    for source in (ROOT / "shared" / "settings.py", ROOT / "hookstream" / "cli.py"):
+        names |= set(re.findall(r"[\"'](HOOKSTREAM_[A-Z0-9_]+)[\"']", source.read_text(encoding="utf-8")))
+    return frozenset(names)
+
+
+# -- (a) everything parses ------------------------------------------------------------------------
+
+
+def test_every_yaml_file_under_deploy_parses() -> None:
+    files = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), *CRDS.glob("*.yaml")])
+    assert {DEPLOY / "compose.yaml", K8S / "kustomization.yaml"} <= set(files)
+    for path in files:
+        docs = load_yaml(path)
+        assert docs, f"{path.relative_to(ROOT)} holds no document"
+        assert all(isinstance(doc, dict) for doc in docs), f"{path.relative_to(ROOT)}: a document is not a mapping"
+
+
+def test_manifests_are_namespace_agnostic_and_uniquely_named() -> None:
+    seen: set[tuple[str, str]] = set()
+    for doc in manifests():
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in seen, f"{key} is defined twice"
+        seen.add(key)
+        assert "namespace" not in doc["metadata"], f"{key}: the manifests are applied with -n <namespace>"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "hookstream", key
+
+
+def test_kustomization_lists_every_manifest_file() -> None:
+    (kustomization,) = load_yaml(K8S / "kustomization.yaml")
+    listed = kustomization["resources"]
+    assert len(listed) == len(set(listed)), "a file is listed twice"
+    assert sorted(listed) == sorted(p.name for p in manifest_files())
+
+
+def test_kubectl_kustomize_builds_every_object() -> None:
+    kubectl = need_tool("kubectl", "kubernetes-client")
+    result = run([kubectl, "kustomize", str(K8S)])
+    assert result.returncode == 0, result.stderr
+    built = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in manifests())
+    images = {c["image"] for d in built if d["kind"] in WORKLOAD_KINDS for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {"hookstream:latest"}
+
+
+# -- (c) schemas: Kubernetes built-in kinds --------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_builtin_kinds_validate_strictly_against_kubernetes_schemas(version: str) -> None:
+    errors, validated = [], set()
+    for doc in manifests():
+        if doc["apiVersion"].split("/")[0] == KEDA_GROUP:
+            continue
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+            validated.add(doc["kind"])
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{name}: {'.'.join(map(str, exc.path))}: {exc.message}")
+        except SchemaNotFoundError as exc:  # a kind nobody checks would slip through: refuse it
+            errors.append(f"{name}: {exc.message}")
+    assert not errors, "\n".join(errors)
+    assert validated >= {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "Job"}
+
+
+def test_kubernetes_validate_cli_runs_offline() -> None:
+    """The tool's own entry point, with no network at all where a network namespace can be made."""
+    isolate: list[str] = []
+    unshare = shutil.which("unshare")
+    if unshare and run([unshare, "--net", "true"]).returncode == 0:
+        isolate = [unshare, "--net", "--"]
+    elif IN_CI:
+        pytest.fail("cannot make a network namespace (unshare --net) to prove kubernetes-validate runs offline")
+    files = [str(p) for p in manifest_files()]
+    result = run([*isolate, sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet",
+                  "-k", KUBERNETES_VERSIONS[0], *files], cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # It only warns about the kinds it has no schema for: the KEDA ones, checked below.
+    for line in result.stdout.splitlines():
+        assert line.startswith("WARN ") and "api version keda.sh/v1alpha1" in line, line
+
+
+def test_kubernetes_validate_refuses_a_misspelt_field() -> None:
+    """Strict mode bites: a field Kubernetes would drop (here a misspelt probe) is an error."""
+    broken = copy.deepcopy(one("Deployment", "hookstream-ingress"))
+    container = pod_spec(broken)["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
+
+
+# -- (c) schemas: KEDA, against the CRDs' openAPIV3Schema ------------------------------------------
+
+
+def _strict(schema: Any) -> Any:
+    """Every object schema that lists properties refuses the others, as the API server's strict field
+    validation refuses the fields it would prune (x-kubernetes-preserve-unknown-fields keeps them)."""
+    if isinstance(schema, dict):
+        out = {key: _strict(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    return schema
+
+
+@cache
+def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    validators = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        (crd,) = load_yaml(path)
+        for version in crd["spec"]["versions"]:
+            schema = _strict(version["schema"]["openAPIV3Schema"])
+            jsonschema.Draft7Validator.check_schema(schema)
+            api_version = f"{crd['spec']['group']}/{version['name']}"
+            validators[(api_version, crd["spec"]["names"]["kind"])] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+def keda_errors(doc: dict[str, Any]) -> list[str]:
+    validator = crd_validators().get((doc["apiVersion"], doc["kind"]))
+    if validator is None:
+        return [f"no CRD in {CRDS.relative_to(ROOT)} for {doc['apiVersion']} {doc['kind']}"]
+    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def test_crds_are_valid_custom_resource_definitions() -> None:
+    for path in sorted(CRDS.glob("*.yaml")):
+        (crd,) = load_yaml(path)
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(crd, version, strict=True)
+        # Structural schemas: properties and additionalProperties never together.
+        def walk(node: Any, where: str) -> None:
+            if isinstance(node, dict):
+                assert not ("properties" in node and "additionalProperties" in node), f"{path.name}: {where}"
+                assert "$ref" not in node, f"{path.name}: {where}: CRD schemas cannot use $ref"
+                for key, value in node.items():
+                    walk(value, f"{where}.{key}")
+            elif isinstance(node, list):
+                for index, item in enumerate(node):
+                    walk(item, f"{where}[{index}]")
+        walk(crd["spec"]["versions"], "versions")
+    assert set(crd_validators()) >= {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
+
+
+def test_keda_objects_validate_against_the_crd_schemas() -> None:
+    keda = [doc for doc in manifests() if doc["apiVersion"].split("/")[0] == KEDA_GROUP]
+    assert {doc["kind"] for doc in keda} == {"ScaledObject", "TriggerAuthentication"}
+    errors = [f"{doc['kind']}/{doc['metadata']['name']}: {error}" for doc in keda for error in keda_errors(doc)]
+    assert not errors, "\n".join(errors)
+
+
+def test_crd_schema_refuses_misspelt_fields_and_numeric_trigger_parameters() -> None:
+    scaled = copy.deepcopy(one("ScaledObject", "hookstream-worker"))
+    scaled["spec"]["minReplicas"] = scaled["spec"].pop("minReplicaCount")
+    scaled["spec"]["triggers"][0]["metadata"]["lagCount"] = 10000
+    errors = "\n".join(keda_errors(scaled))
+    assert "'minReplicas' was unexpected" in errors
+    assert "10000 is not of type 'string'" in errors
+
+
+# -- (b) references ------------------------------------------------------------------------------
+
+
+def test_every_workload_selector_matches_its_own_pods_and_no_other() -> None:
+    for workload in workloads():
+        if workload["kind"] == "Job":
+            continue
+        name = workload["metadata"]["name"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selects(workload["spec"]["selector"], labels), f"{name}: selector does not match its pod labels"
+        assert selected_workloads(workload["spec"]["selector"]) == [name], f"{name}: selector also matches other pods"
+    components = {w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads()}
+    assert components == {"ingress", "dispatch", "worker", "migrate"}
+
+
+def _container_port(container: dict[str, Any], port: int | str) -> int:
+    for declared in container.get("ports", []):
+        if port in (declared["containerPort"], declared.get("name")):
+            return int(declared["containerPort"])
+    pytest.fail(f"container {container['name']} declares no port {port!r}")
+
+
+def test_service_selects_the_ingress_pods_on_its_declared_port() -> None:
+    (service,) = objects("Service")
+    ingress = by_component("ingress")
+    assert selected_workloads({"matchLabels": service["spec"]["selector"]}) == [ingress["metadata"]["name"]]
+    (container,) = pod_spec(ingress)["containers"]
+    args = parse_command(container["command"])
+    assert args.command == "ingress" and args.host == "0.0.0.0"
+    for port in service["spec"]["ports"]:
+        assert _container_port(container, port["targetPort"]) == args.port == 8000
+
+
+def test_probes_hit_healthz_and_readyz_on_the_ingress_port() -> None:
+    (container,) = pod_spec(by_component("ingress"))["containers"]
+    args = parse_command(container["command"])
+    readiness, liveness = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert readiness["path"] == "/readyz" and liveness["path"] == "/healthz"
+    assert _container_port(container, readiness["port"]) == _container_port(container, liveness["port"]) == args.port
+    # The routes exist in the app, and /readyz is the one that is address-restricted.
+    app_source = (ROOT / "ingress" / "app.py").read_text(encoding="utf-8")
+    assert 'Route("/healthz", healthz' in app_source
+    assert 'Route("/readyz", _internal_only(readyz)' in app_source
+
+
+def test_kubelet_probe_addresses_are_admitted_to_readyz() -> None:
+    """/readyz answers only HOOKSTREAM_METRICS_ALLOWED_IPS: the usual node and pod networks must pass."""
+    allowed = settings_from_manifests().metrics_allowed_ips
+    for address in ("127.0.0.1", "10.1.2.3", "172.16.5.6", "192.168.1.10", "fd00::1"):
+        assert allowed.admits(ipaddress.ip_address(address)), address
+    assert not allowed.admits(ipaddress.ip_address("203.0.113.7"))
+
+
+def test_pod_disruption_budgets_select_existing_pods() -> None:
+    covered = set()
+    for pdb in objects("PodDisruptionBudget"):
+        matched = selected_workloads(pdb["spec"]["selector"])
+        assert len(matched) == 1, f"PodDisruptionBudget {pdb['metadata']['name']} selects the pods of {matched}"
+        (selected,) = matched
+        covered.add(one("Deployment", selected)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"])
+        assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+    assert covered == {"ingress", "worker"}
+    # minAvailable 1 on the ingress leaves room to drain only with more than one replica.
+    assert by_component("ingress")["spec"]["replicas"] >= 2
+
+
+def test_config_and_secret_references_name_defined_objects_and_keys() -> None:
+    config_maps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in objects("ConfigMap")}
+    secrets = {s["metadata"]["name"]: secret_data(s) for s in objects("Secret")}
+    used = set()
+    for workload, container in all_containers():
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        for source in container.get("envFrom", []):
+            ref, pool = (source["configMapRef"], config_maps) if "configMapRef" in source else (source["secretRef"], secrets)
+            assert ref["name"] in pool, f"{where}: envFrom names undefined {ref['name']!r}"
+            assert not ref.get("optional"), f"{where}: an optional reference hides a missing object"
+            used.add(ref["name"])
+        for var in container.get("env", []):
+            value_from = var.get("valueFrom", {})
+            for kind, pool in (("configMapKeyRef", config_maps), ("secretKeyRef", secrets)):
+                if kind in value_from:
+                    ref = value_from[kind]
+                    assert ref["name"] in pool, f"{where}: {var['name']} names undefined {ref['name']!r}"
+                    assert ref["key"] in pool[ref["name"]], f"{where}: {ref['name']} has no key {ref['key']!r}"
+                    used.add(ref["name"])
+        for volume in pod_spec(workload).get("volumes", []):
+            for kind, field, pool in (("configMap", "name", config_maps), ("secret", "secretName", secrets)):
+                if kind in volume:
+                    assert volume[kind][field] in pool, f"{where}: volume names undefined {volume[kind][field]!r}"
+                    used.add(volume[kind][field])
+    for auth in objects("TriggerAuthentication"):
+        for ref in auth["spec"].get("secretTargetRef", []):
+            assert ref["key"] in secrets.get(ref["name"], {}), f"TriggerAuthentication: no secret key {ref['name']}/{ref['key']}"
+            assert ref["parameter"] in AUTH_PARAMETERS, f"TriggerAuthentication: unknown parameter {ref['parameter']!r}"
+            used.add(ref["name"])
+    assert used == set(config_maps) | set(secrets), "a ConfigMap or Secret is defined but used by nothing"
+
+
+def _env_names(container: dict[str, Any]) -> set[str]:
+    names = {var["name"] for var in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= set(one("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+        else:
+            names |= set(secret_data(one("Secret", source["secretRef"]["name"])))
+    return names
+
+
+def test_every_environment_variable_is_one_the_code_reads() -> None:
+    known = variables_the_code_reads()
+    assert {"HOOKSTREAM_REDIS_URL", "HOOKSTREAM_DATABASE_URL", "HOOKSTREAM_CM_TOKEN", "HOOKSTREAM_LOG_LEVEL"} <= known
+    for workload, container in all_containers():
+        unknown = _env_names(container) - known
+        assert not unknown, f"{workload['metadata']['name']}: hookstream reads no {sorted(unknown)}"
+    for service in load_yaml(DEPLOY / "compose.yaml")[0]["services"].values():
+        unknown = {name for name in service.get("environment", {}) if name.startswith("HOOKSTREAM_")} - known
+        assert not unknown, f"compose.yaml: hookstream reads no {sorted(unknown)}"
+
+
+def test_each_workload_gets_only_the_secrets_it_needs() -> None:
+    def env(component: str) -> set[str]:
+        return set().union(*(_env_names(c) for c in containers(by_component(component))))
+
+    assert "HOOKSTREAM_DATABASE_URL" not in env("ingress"), "the ingress never connects to Postgres"
+    assert "HOOKSTREAM_REDIS_URL" in env("ingress")
+    for component in ("dispatch", "worker"):
+        assert {"HOOKSTREAM_REDIS_URL", "HOOKSTREAM_DATABASE_URL"} <= env(component)
+        assert not any(name.endswith(("_TOKEN", "_SECRET")) for name in env(component)), component
+    assert "HOOKSTREAM_DATABASE_URL" in env("migrate")
+
+
+def test_configmap_and_secret_template_are_valid_settings() -> None:
+    settings = settings_from_manifests()
+    assert settings.redis_url and settings.database_url
+    # Empty provider values in the template mean "not set", not "an empty secret".
+    assert all(token is None for token in settings.tokens.values())
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def test_kubernetes_commands_are_real_hookstream_subcommands() -> None:
+    commands = {}
+    for workload, container in all_containers():
+        assert container["image"] == "hookstream:latest"
+        args = parse_command(container["command"])
+        commands[args.command] = args
+    assert set(commands) == {"ingress", "dispatch", "worker", "migrate"}
+    assert commands["worker"].processes == 2 and not commands["worker"].burst
+    assert by_component("dispatch")["spec"]["replicas"] == 2
+
+
+def _compose() -> dict[str, Any]:
+    (compose,) = load_yaml(DEPLOY / "compose.yaml")
+    return compose
+
+
+def test_compose_services_run_real_hookstream_subcommands() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"redis", "postgres", "migrate", "ingress", "dispatch", "worker"}
+    subcommands = {}
+    for name, service in services.items():
+        if service.get("image") == "hookstream:latest":
+            subcommands[name] = parse_command(service["command"])
+    assert {name: args.command for name, args in subcommands.items()} == {
+        "migrate": "migrate", "ingress": "ingress", "dispatch": "dispatch", "worker": "worker"}
+    assert services["worker"]["deploy"]["replicas"] >= 2
+    assert "HOOKSTREAM_DATABASE_URL" not in services["ingress"]["environment"]
+    redis = services["redis"]
+    assert redis["command"] == ["redis-server", "/etc/redis/redis.conf"]
+    assert "./redis.conf:/etc/redis/redis.conf:ro" in redis["volumes"]
+    conf = (DEPLOY / "redis.conf").read_text(encoding="utf-8")
+    assert re.search(r"^appendonly yes$", conf, re.M) and re.search(r"^maxmemory-policy noeviction$", conf, re.M)
+
+
+def _systemd_units() -> dict[str, configparser.ConfigParser]:
+    units = {}
+    for path in sorted(SYSTEMD.glob("*.service")):
+        parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read(path, encoding="utf-8")
+        units[path.name] = parser
+    return units
+
+
+def test_systemd_units_start_real_hookstream_subcommands() -> None:
+    started = {}
+    for name, unit in _systemd_units().items():
+        argv = shlex.split(unit["Service"]["ExecStart"])
+        assert argv[0].startswith("/"), f"{name}: ExecStart needs an absolute path"
+        started[name] = parse_command(argv).command
+    assert started == {"hookstream-dispatch.service": "dispatch", "hookstream-ingress.service": "ingress",
+                       "hookstream-worker@.service": "worker"}
+
+
+# -- shutdown, sizing, hardening -----------------------------------------------------------------
+
+
+def _seconds(value: str | int) -> int:
+    match = re.fullmatch(r"(\d+)(s|m)?", str(value).strip())
+    assert match, f"cannot read {value!r} as seconds"
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def _uvicorn_drain_s() -> int:
+    match = re.search(r"timeout_graceful_shutdown=(\d+)", (ROOT / "hookstream" / "cli.py").read_text(encoding="utf-8"))
+    assert match, "hookstream/cli.py no longer sets uvicorn's timeout_graceful_shutdown: review the ingress budgets"
+    return int(match.group(1))
+
+
+def test_shutdown_budgets_let_work_in_flight_finish() -> None:
+    job_timeout = settings_from_manifests().job_timeout_s
+    worker_budget = job_timeout + WORKER_STOP_MARGIN_S
+    # Kubernetes: the worker finishes its batch; the ingress leaves the Service, then drains.
+    assert pod_spec(by_component("worker"))["terminationGracePeriodSeconds"] >= worker_budget
+    ingress = pod_spec(by_component("ingress"))
+    (container,) = ingress["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert ingress["terminationGracePeriodSeconds"] >= _seconds(pre_stop[1]) + _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S
+    # Compose: its default of 10 s would SIGKILL a worker in the middle of a batch.
+    services = _compose()["services"]
+    assert _seconds(services["worker"]["stop_grace_period"]) >= worker_budget
+    assert _seconds(services["ingress"]["stop_grace_period"]) >= _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S
+    # systemd.
+    units = _systemd_units()
+    assert _seconds(units["hookstream-worker@.service"]["Service"]["TimeoutStopSec"]) >= worker_budget
+    assert _seconds(units["hookstream-ingress.service"]["Service"]["TimeoutStopSec"]) >= _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S
+
+
+def test_containers_have_requests_limits_and_run_as_the_image_user() -> None:
+    match = re.search(r"^USER (\d+)(?::(\d+))?$", (DEPLOY / "Dockerfile").read_text(encoding="utf-8"), re.M)
+    assert match, "the Dockerfile's USER must be numeric, for runAsNonRoot"
+    uid = int(match.group(1))
+    for workload, container in all_containers():
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: resources.{bound}"
+        security = pod_spec(workload)["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] == uid, where
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+
+
+# -- KEDA ---------------------------------------------------------------------------------------
+
+
+def test_scaled_object_scales_the_worker_on_hookstreams_own_keys() -> None:
+    (scaled,) = objects("ScaledObject")
+    settings = settings_from_manifests()
+    spec = scaled["spec"]
+    target = spec["scaleTargetRef"]
+    assert target.get("kind", "Deployment") == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
+    worker = one("Deployment", target["name"])
+    assert worker is by_component("worker")
+    assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+
+    auth_names = {auth["metadata"]["name"] for auth in objects("TriggerAuthentication")}
+    redis_url = urlsplit(secret_data(one("Secret", "hookstream-redis"))["url"])
+    database_index = (redis_url.path.lstrip("/") or "0")
+    rq_prefix = Queue.redis_queue_namespace_prefix
+    lists = set()
+    for trigger in spec["triggers"]:
+        metadata = trigger["metadata"]
+        unknown = set(metadata) - TRIGGER_PARAMETERS[trigger["type"]]
+        assert not unknown, f"{trigger['type']}: KEDA knows no {sorted(unknown)}"
+        assert trigger["authenticationRef"]["name"] in auth_names
+        assert metadata.get("databaseIndex", "0") == database_index, "KEDA must watch the database the URL names"
+        if trigger["type"] == "redis-streams":
+            assert metadata["stream"] == settings.stream
+            assert metadata["consumerGroup"] == settings.group
+            assert int(metadata["lagCount"]) > 0 and int(metadata["activationLagCount"]) >= 0
+        else:
+            assert int(metadata["listLength"]) > 0
+            lists.add(metadata["listName"])
+    assert {t["type"] for t in spec["triggers"]} == {"redis-streams", "redis"}
+    assert lists == {rq_prefix + settings.queue, rq_prefix + settings.replay_queue}
+
+
+def test_worker_fleet_fits_the_inflight_cap_and_postgres() -> None:
+    """Processes past HOOKSTREAM_MAX_INFLIGHT_BATCHES never get a job; connections stay under
+    Postgres' default max_connections (deploy/README.md, "Connection sizing")."""
+    settings = settings_from_manifests()
+    (scaled,) = objects("ScaledObject")
+    (worker,) = pod_spec(by_component("worker"))["containers"]
+    processes = parse_command(worker["command"]).processes
+    max_processes = scaled["spec"]["maxReplicaCount"] * processes
+    assert max_processes <= settings.max_inflight_batches
+    connections = (max_processes * settings.pg_pool_size
+                   + by_component("dispatch")["spec"]["replicas"] + 1)  # + one each dispatcher, + migrate
+    assert connections <= POSTGRES_MAX_CONNECTIONS
+
+
+# -- (d) docker-compose, (e) systemd: the real tools ---------------------------------------------
+
+
+def test_docker_compose_config_accepts_the_compose_file() -> None:
+    compose = need_tool("docker-compose", "docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOKSTREAM_", "COMPOSE_"))}
+    quiet = run([compose, "config", "-q"], cwd=DEPLOY, env=env)
+    assert quiet.returncode == 0 and not quiet.stderr.strip(), quiet.stderr
+    resolved = run([compose, "config"], cwd=DEPLOY, env=env)
+    assert resolved.returncode == 0, resolved.stderr
+    services = yaml.safe_load(resolved.stdout)["services"]
+    # As docker-compose resolved the anchors and merges, not as PyYAML did.
+    assert parse_command(services["worker"]["command"]).command == "worker"
+    assert set(services["ingress"]["environment"]) >= {"HOOKSTREAM_REDIS_URL"}
+    assert "HOOKSTREAM_DATABASE_URL" not in services["ingress"]["environment"]
+    assert services["worker"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
+    analyze = need_tool("systemd-analyze", "systemd")
+    system_units = Path("/usr/lib/systemd/system")
+    assert system_units.is_dir(), "systemd's own units are missing"
+    # A root holding systemd's units, the hookstream units and the ExecStart binary (a stub), so that
+    # verify checks the units as they would be installed, without touching this machine.
+    shutil.copytree(system_units, tmp_path / "usr/lib/systemd/system", symlinks=True)
+    unit_dir = tmp_path / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    names = []
+    for name, unit in _systemd_units().items():
+        shutil.copy(SYSTEMD / name, unit_dir / name)
+        binary = tmp_path / shlex.split(unit["Service"]["ExecStart"])[0].lstrip("/")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o755)
+        names.append(name.replace("@.", "@1."))
+    result = run([analyze, "verify", f"--root={tmp_path}", "--man=no", *names], cwd=unit_dir)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr + result.stdout
