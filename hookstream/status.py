@@ -1,8 +1,9 @@
 """`hookstream status [--json]`: is the pipeline keeping up? One look at Redis, RQ and Postgres.
 
-Every number is read, not estimated, and read-only (no RQ registry cleanup). A source that cannot
-be read is reported in `errors` (exit code 1) while the others are still shown: during an
-outage the operator needs the half that still answers, never a traceback.
+Every number is read, not estimated, without RQ's registry cleanups (only Worker.all drops a dead
+worker's stale registration, as RQ does everywhere). A source that cannot be read is reported in
+`errors` (exit code 1) while the others are still shown: during an outage the operator needs the
+half that still answers, never a traceback.
 
 `--json` keys — always all present; a value is null when its source could not be read:
 
@@ -142,9 +143,9 @@ def format_table(report: dict[str, Any]) -> str:
          ("0" if not report["events_per_minute"] else "")),
     ]
     lines += [(f"  {p}", str(v)) for p, v in (report["events_per_minute"] or {}).items()]
-    lines += [("errors", "")] + [(f"  {e}", "") for e in report["errors"]] if report["errors"] else []
     width = max(len(label) for label, _ in lines) + 2
-    return "\n".join(f"{label.ljust(width)}{value}".rstrip() for label, value in lines)
+    errors = ["errors", *(f"  {e}" for e in report["errors"])] if report["errors"] else []
+    return "\n".join([f"{label.ljust(width)}{value}".rstrip() for label, value in lines] + errors)
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:

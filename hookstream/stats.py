@@ -1,0 +1,108 @@
+"""`hookstream stats [--days 14] [--provider P] [--json]`: deliverability per provider, sender and day.
+
+Reads the `deliverability_daily` view (migration 003), which counts messages by their CURRENT status
+(message_status: one row per message and recipient), not status reports: a message reported sent then
+delivered counts once, as delivered. Days are UTC dates, the window is today and the `days - 1` before
+it by the database's clock. Each provider's rows come newest day first, then a total row for the
+provider whose rate is recomputed from the summed counts (never an average of daily rates).
+
+delivery_rate = delivered / (delivered + failed + expired + rejected): messages still in flight
+(sent, queued) do not lower it; null ("-") when nothing is final yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from shared.settings import Settings
+
+COUNTS = ("delivered", "failed", "expired", "rejected", "sent", "queued", "unknown", "total")
+FINAL = ("delivered", "failed", "expired", "rejected")
+QUERY = """
+SELECT provider, sender, day, delivered, failed, expired, rejected, sent, queued, unknown, total
+FROM deliverability_daily
+WHERE day >= (now() AT TIME ZONE 'UTC')::date - (%(days)s::int - 1)
+  AND (%(provider)s::text IS NULL OR provider = %(provider)s)
+ORDER BY provider, day DESC, sender
+"""
+
+Row = dict[str, Any]
+
+
+def delivery_rate(row: Row) -> float | None:
+    final = sum(int(row[k]) for k in FINAL)
+    return round(int(row["delivered"]) / final, 4) if final else None
+
+
+def with_totals(rows: list[Row]) -> list[Row]:
+    """The rows (provider, then newest day first) with a total row after each provider's; day None marks it."""
+    out: list[Row] = []
+    for index, row in enumerate(rows):
+        out.append({**row, **{k: int(row[k]) for k in COUNTS}, "delivery_rate": delivery_rate(row)})
+        if index + 1 == len(rows) or rows[index + 1]["provider"] != row["provider"]:
+            mine = [r for r in rows if r["provider"] == row["provider"]]
+            total: Row = {"provider": row["provider"], "sender": None, "day": None,
+                          **{k: sum(int(r[k]) for r in mine) for k in COUNTS}}
+            out.append({**total, "delivery_rate": delivery_rate(total)})
+    return out
+
+
+def to_json(rows: list[Row], days: int, provider: str | None) -> str:
+    """{"days", "provider", "rows": [...], "totals": [...]}: rows and totals are split, days as YYYY-MM-DD."""
+    shaped = [{**r, "day": r["day"].isoformat() if isinstance(r["day"], date) else None} for r in with_totals(rows)]
+    return json.dumps({"days": days, "provider": provider,
+                       "rows": [r for r in shaped if r["day"] is not None],
+                       "totals": [{k: v for k, v in r.items() if k not in ("sender", "day")}
+                                  for r in shaped if r["day"] is None]}, indent=2)
+
+
+def format_table(rows: list[Row], days: int) -> str:
+    """Aligned columns; a sender the provider does not tell shows as "-", the provider's total as "(total)"."""
+    if not rows:
+        return f"no message statuses in the last {days} day(s)"
+    head = ("provider", "sender", "day", *COUNTS, "rate")
+    cells = [head] + [(r["provider"], (r["sender"] or "-") if r["day"] is not None else "(total)",
+                       r["day"].isoformat() if r["day"] is not None else "",
+                       *(str(r[k]) for k in COUNTS),
+                       "-" if r["delivery_rate"] is None else f"{r['delivery_rate'] * 100:.1f}%")
+                      for r in with_totals(rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    left = 3  # provider, sender, day are text; the numbers align right
+    return "\n".join("  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     .rstrip() for row in cells)
+
+
+def fetch(database_url: str, days: int, provider: str | None) -> list[Row]:
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5, row_factory=dict_row) as conn:
+        return conn.execute(QUERY, {"days": days, "provider": provider}).fetchall()
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        rows = fetch(settings.database_url_or_default(), args.days, args.provider)
+    except psycopg.Error as exc:
+        print(f"hookstream stats: postgres: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
+        return 1
+    print(to_json(rows, args.days, args.provider) if args.json else format_table(rows, args.days))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("--days must be at least 1")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("stats", help="deliverability per provider, sender and day")
+    p.add_argument("--days", type=_positive, default=14, help="today and the days before it (UTC), default 14")
+    p.add_argument("--provider", help="only this provider")
+    p.add_argument("--json", action="store_true", help="machine-readable: rows and per-provider totals")
+    p.set_defaults(handler=cmd_stats)
