@@ -99,8 +99,8 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    redis_url: str | None = None
-    database_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # URLs may carry passwords
+    database_url: str | None = field(default=None, repr=False)
     trusted_proxies: NetList = field(default_factory=NetList)
     allowed_ips: Mapping[str, NetList | None] = field(default_factory=dict)  # None: the provider's default
     tokens: Mapping[str, Secret | None] = field(default_factory=dict)

@@ -7,6 +7,7 @@ stream entry is in Postgres exactly once (as events or as a dead letter).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -50,7 +51,7 @@ def test_sigkill_mid_batch_then_reclaim_gives_every_event_once(redis_url: str, d
                                                                db: psycopg.Connection) -> None:
     env = worker_env(redis_url, database_url)
     settings = Settings.from_env(env)
-    settings = Settings(**{**{f: getattr(settings, f) for f in settings.__slots__}, "batch_size": 250})  # type: ignore[attr-defined]
+    settings = dataclasses.replace(settings, batch_size=250)
     dispatcher = Dispatcher(settings, redis_client, name="test-dispatcher")
     dispatcher.ensure_group()
     started_registry = Queue(settings.queue, connection=redis_client).started_job_registry
