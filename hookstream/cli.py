@@ -14,6 +14,7 @@ import tempfile
 import threading
 from typing import Sequence
 
+from api.cli import register as register_api
 from hookstream import dead_letters, stats, status
 from shared import logs
 from shared.errors import ConfigError
@@ -149,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     status.register(sub)
     dead_letters.register(sub)
     stats.register(sub)
+    register_api(sub)
 
     p = sub.add_parser("run", help="run everything; embedded Redis and Postgres when no URLs are set")
     p.add_argument("--host", default=os.environ.get("HOOKSTREAM_HOST", "127.0.0.1"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from hookstream.migrate import migrate
 from shared.settings import Settings
 
 log = logging.getLogger("hookstream.run")
+
+API_PORT = 8080
 
 
 def data_dir() -> Path:
@@ -65,11 +68,18 @@ def run_all(settings: Settings, *, host: str, port: int, workers: int) -> int:
         applied = migrate(env["HOOKSTREAM_DATABASE_URL"])
         log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
         ingress = ["ingress", "--host", host, "--port", str(port)] + (["--local-profile"] if local_profile else [])
-        commands = [ingress, ["dispatch"], ["worker", "-n", str(workers)]]
+        token = "(HOOKSTREAM_API_TOKENS)"
+        if not env.get("HOOKSTREAM_API_TOKENS"):  # a one-run token, printed below for the newcomer
+            token = secrets.token_urlsafe(18)
+            env["HOOKSTREAM_API_TOKENS"] = f"local:{token}"
+        api_port = int(env.get("HOOKSTREAM_API_PORT") or API_PORT)
+        api = ["api", "--host", host, "--port", str(api_port)]
+        commands = [ingress, ["dispatch"], ["worker", "-n", str(workers)], api]
         children = [subprocess.Popen([sys.executable, "-m", "hookstream.cli", *c], env=env) for c in commands]
         stack.callback(_stop_children, children)
         print(f"\nhookstream is running: ingress on http://{host}:{port}, {workers} worker(s). Try:\n\n"
               f"  {example_curl(port)}\n\nthen: psql {env['HOOKSTREAM_DATABASE_URL']} -c 'select * from events'\n"
+              f"consent API and dashboard: http://{host}:{api_port}/ (token: {token})\n"
               "Ctrl-C stops everything.\n", flush=True)
         return _wait(children)
 

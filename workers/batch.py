@@ -59,33 +59,44 @@ def _merge(a: WriteResult, b: WriteResult) -> WriteResult:
     )
 
 
-def write_bisecting(pool: ConnectionPool, entries: list[Entry], *, replay: bool = False) -> WriteResult:
+class DatabaseUnavailable(RuntimeError):
+    """Postgres stayed unreachable for the whole retry budget: the job fails and its entries are
+    reclaimed later; the dispatcher never counts such a delivery toward giving up on a record."""
+
+
+def write_bisecting(pool: ConnectionPool, entries: list[Entry], *, replay: bool = False,
+                    wait_s: float | None = None) -> WriteResult:
+    """`wait_s`: how long to wait for a pooled connection (None: the pool's own 30 s)."""
     try:
-        with pool.connection() as conn, conn.transaction():
+        with pool.connection(timeout=wait_s) as conn, conn.transaction():
             return write_entries(conn, entries, replay=replay)
     except psycopg.OperationalError:
         raise
     except psycopg.Error as exc:
         if len(entries) > 1:
             middle = len(entries) // 2
-            return _merge(write_bisecting(pool, entries[:middle], replay=replay),
-                          write_bisecting(pool, entries[middle:], replay=replay))
+            return _merge(write_bisecting(pool, entries[:middle], replay=replay, wait_s=wait_s),
+                          write_bisecting(pool, entries[middle:], replay=replay, wait_s=wait_s))
         reason = f"database refused the record: {exc.sqlstate or ''} {str(exc).splitlines()[0][:300]}"
         log.warning("dead-lettering %s: %s", entries[0].stream_id, reason)
-        with pool.connection() as conn, conn.transaction():
+        with pool.connection(timeout=wait_s) as conn, conn.transaction():
             return write_entries(conn, [entries[0].as_dead(reason)], replay=replay)
 
 
 def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float, *, replay: bool = False) -> WriteResult:
-    """Retry connection trouble with backoff within `budget_s`, then let the job fail."""
+    """Retry connection trouble with backoff within `budget_s`, then fail with DatabaseUnavailable.
+
+    Waiting for a pooled connection is bounded by what is left of the budget: the pool's own
+    30 s wait would outlast the job, and RQ would kill the job with a timeout instead.
+    """
     deadline = time.monotonic() + budget_s
     delay = 0.1
     while True:
         try:
-            return write_bisecting(pool, entries, replay=replay)
+            return write_bisecting(pool, entries, replay=replay, wait_s=max(deadline - time.monotonic(), 0.1))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             if time.monotonic() + delay > deadline:
-                raise
+                raise DatabaseUnavailable(f"postgres unavailable for {budget_s:.1f}s: {type(exc).__name__}") from exc
             log.warning("postgres unavailable (%s), retrying in %.1fs", type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)

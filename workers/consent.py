@@ -2,23 +2,30 @@
 
 A change is keyed by the event that caused it, so a redelivery or a replay never applies it
 twice; an event whose change was missed before (a corrected keyword policy) can still apply.
+
+The workers call `apply` (a sync cursor, inside their batch transaction); the consent API calls
+`apply_async` for a person's review decision, with `decided_by` naming the API token's label.
+Both run the same statements in the same order around one pure `plan`, so a decision follows
+exactly the rules the workers follow.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import psycopg
 
 from shared.events import GLOBAL_SCOPE, Event, Outcome
-from shared.record import RawRecord
 from workers.rules import OUTCOME_STATE, ConsentRow, apply_to_row, effective, scope_of
 
 CHANGE_COLUMNS = (
     "event_key", "subject", "scope", "old_state", "new_state", "outcome", "keyword", "provider", "occurred_at",
     "received_at",
 )
+# A person's decision also names who decided (an API token's label, never the token).
+DECIDED_CHANGE_COLUMNS = CHANGE_COLUMNS + ("decided_by",)
 ROW_COLUMNS = ("subject", "scope", "state", "changed_at", "confirmed_at", "keyword", "provider", "event_key")
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM unnest(%b::text[]) AS s"
@@ -36,17 +43,35 @@ UPSERT_SQL = (
     " WHERE (consent.state, consent.changed_at, consent.confirmed_at)"
     " IS DISTINCT FROM (excluded.state, excluded.changed_at, excluded.confirmed_at)"
 )
-CHANGES_SQL = (
-    f"INSERT INTO consent_changes ({', '.join(CHANGE_COLUMNS)}) SELECT * FROM unnest("
-    "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
-    " %b::timestamptz[], %b::timestamptz[]) ON CONFLICT (event_key) DO NOTHING"
-    f" RETURNING id, {', '.join(CHANGE_COLUMNS)}"
-)
+
+
+def _changes_sql(columns: Sequence[str]) -> str:
+    types = ["text"] * 8 + ["timestamptz", "timestamptz"] + ["text"] * (len(columns) - 10)
+    return (
+        f"INSERT INTO consent_changes ({', '.join(columns)}) SELECT * FROM unnest("
+        + ", ".join(f"%b::{t}[]" for t in types)
+        + ") ON CONFLICT (event_key) DO NOTHING"
+        f" RETURNING id, {', '.join(columns)}"
+    )
+
+
+CHANGES_SQL = _changes_sql(CHANGE_COLUMNS)
+DECIDED_CHANGES_SQL = _changes_sql(DECIDED_CHANGE_COLUMNS)
 
 Key = tuple[str, str]
 
 
-def _event_time(event: Event, record: RawRecord) -> tuple[datetime, datetime]:
+class Received(Protocol):
+    """What the rules need of the record beside an event: when we received it (a RawRecord has it)."""
+
+    @property
+    def received_at(self) -> datetime: ...
+
+
+Item = tuple[Event, Received]
+
+
+def _event_time(event: Event, record: Received) -> tuple[datetime, datetime]:
     """Provider time, receive time when there is none; the receive time breaks ties."""
     return event.occurred_at or record.received_at, record.received_at
 
@@ -77,17 +102,37 @@ class _Ledger:
         return (scope, before, after) if after != before else None
 
 
-def apply(cur: psycopg.Cursor[Any], items: list[tuple[Event, RawRecord]]) -> list[dict[str, Any]]:
-    signals = [
-        (event, record) for event, record in items
-        if event.consent in OUTCOME_STATE and event.phone and event.scope
-    ]
-    if not signals:
-        return []
-    subjects = sorted({event.phone for event, _ in signals if event.phone})
-    cur.execute(LOCK_SQL, (subjects,))
-    done = {row[0] for row in cur.execute(DONE_SQL, ([e.dedupe_key for e, _ in signals],))}
-    ledger = _Ledger({(s, sc): ConsentRow(st, conf, ch) for s, sc, st, conf, ch in cur.execute(LOAD_SQL, (subjects,))})
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to write: column arrays for UPSERT_SQL and for the changes statement (None: nothing)."""
+
+    upsert: list[list[Any]] | None
+    changes: list[list[Any]] | None
+    decided_by: str | None = None
+
+    @property
+    def changes_sql(self) -> str:
+        return CHANGES_SQL if self.decided_by is None else DECIDED_CHANGES_SQL
+
+    def returned(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        names = ("id",) + (CHANGE_COLUMNS if self.decided_by is None else DECIDED_CHANGE_COLUMNS)
+        return [dict(zip(names, row)) for row in rows]
+
+
+def signals_of(items: Sequence[Item]) -> list[Item]:
+    return [(event, record) for event, record in items
+            if event.consent in OUTCOME_STATE and event.phone and event.scope]
+
+
+def subjects_of(signals: Sequence[Item]) -> list[str]:
+    """Sorted, so that concurrent writers take the advisory locks in the same order."""
+    return sorted({event.phone for event, _ in signals if event.phone})
+
+
+def plan(signals: Sequence[Item], done: set[str], loaded: Sequence[Sequence[Any]],
+         decided_by: str | None = None) -> Plan:
+    """The pure middle: the loaded rows and the signals in time order → rows to upsert, changes to add."""
+    ledger = _Ledger({(s, sc): ConsentRow(st, conf, ch) for s, sc, st, conf, ch in loaded})
     changes: list[list[Any]] = []
     for event, record in sorted(signals, key=lambda item: (*_event_time(*item), item[0].dedupe_key)):
         at, seen = _event_time(event, record)
@@ -97,13 +142,49 @@ def apply(cur: psycopg.Cursor[Any], items: list[tuple[Event, RawRecord]]) -> lis
         if change is not None and event.dedupe_key not in done:
             scope, before, after = change
             changes.append([event.dedupe_key, event.phone, scope, None if before == "unknown" else before, after,
-                            str(event.consent), event.keyword, event.provider, at, seen])
+                            str(event.consent), event.keyword, event.provider, at, seen]
+                           + ([] if decided_by is None else [decided_by]))
+    upsert = None
     if ledger.touched:
         rows = [[*key, row.state, row.changed_at, row.confirmed_at, event.keyword, event.provider, event.dedupe_key]
                 for key, (row, event) in sorted(ledger.touched.items())]
-        cur.execute(UPSERT_SQL, [[r[i] for r in rows] for i in range(len(ROW_COLUMNS))])
-    if not changes:
+        upsert = [[r[i] for r in rows] for i in range(len(ROW_COLUMNS))]
+    width = len(CHANGE_COLUMNS) + (0 if decided_by is None else 1)
+    columns = [[c[i] for c in changes] for i in range(width)] if changes else None
+    return Plan(upsert, columns, decided_by)
+
+
+def apply(cur: psycopg.Cursor[Any], items: Sequence[Item], *, decided_by: str | None = None) -> list[dict[str, Any]]:
+    signals = signals_of(items)
+    if not signals:
         return []
-    cur.execute(CHANGES_SQL, [[c[i] for c in changes] for i in range(len(CHANGE_COLUMNS))])
-    names = ("id",) + CHANGE_COLUMNS
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+    subjects = subjects_of(signals)
+    cur.execute(LOCK_SQL, (subjects,))
+    done = {row[0] for row in cur.execute(DONE_SQL, ([e.dedupe_key for e, _ in signals],))}
+    todo = plan(signals, done, cur.execute(LOAD_SQL, (subjects,)).fetchall(), decided_by)
+    if todo.upsert is not None:
+        cur.execute(UPSERT_SQL, todo.upsert)
+    if todo.changes is None:
+        return []
+    cur.execute(todo.changes_sql, todo.changes)
+    return todo.returned(cur.fetchall())
+
+
+async def apply_async(cur: psycopg.AsyncCursor[Any], items: Sequence[Item], *,
+                      decided_by: str | None = None) -> list[dict[str, Any]]:
+    """`apply` for an async connection (the consent API): the same statements, the same plan."""
+    signals = signals_of(items)
+    if not signals:
+        return []
+    subjects = subjects_of(signals)
+    await cur.execute(LOCK_SQL, (subjects,))
+    await cur.execute(DONE_SQL, ([e.dedupe_key for e, _ in signals],))
+    done = {row[0] for row in await cur.fetchall()}
+    await cur.execute(LOAD_SQL, (subjects,))
+    todo = plan(signals, done, await cur.fetchall(), decided_by)
+    if todo.upsert is not None:
+        await cur.execute(UPSERT_SQL, todo.upsert)
+    if todo.changes is None:
+        return []
+    await cur.execute(todo.changes_sql, todo.changes)
+    return todo.returned(await cur.fetchall())

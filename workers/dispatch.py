@@ -16,7 +16,9 @@ import socket
 import threading
 import time
 import uuid
+from typing import Any
 
+import psycopg
 from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,7 +29,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from shared.settings import Settings
-from workers import archive
+from workers import archive, publisher
 from workers.metrics import DispatchMetrics
 
 log = logging.getLogger("hookstream.dispatch")
@@ -37,6 +39,7 @@ DEAD_LETTER_JOB = "workers.jobs.dead_letter_batch"
 RECLAIM_SCAN = 1000
 TRIM_EVERY_S = 60.0
 ARCHIVE_EVERY_S = 3600.0
+PUBLISH_EVERY_S = 1.0
 # A started job older than its timeout plus this cannot still be running: SimpleWorker's death
 # penalty stops it at the timeout, so its worker died (SIGKILL, OOM, lost host).
 STARTED_GRACE_S = 5
@@ -73,6 +76,8 @@ class Dispatcher:
         self._last_reclaim = float("-inf")  # due at once: monotonic time may start near 0
         self._last_trim = float("-inf")
         self._last_archive = float("-inf")
+        self._last_publish = float("-inf")
+        self._database: psycopg.Connection[Any] | None = None
 
     # -- group -------------------------------------------------------------------------------
 
@@ -88,10 +93,15 @@ class Dispatcher:
     # -- reading and enqueueing --------------------------------------------------------------
 
     def inflight(self) -> int:
-        """Batches queued or running, in one round trip (RQ's registry count would also clean up)."""
+        """Batches queued or running, in one round trip (RQ's registry count would also clean up).
+
+        A started entry's score is its expiry, which the running worker's heartbeat pushes on; the
+        entry of a worker that died stays until RQ's 10-minute maintenance. Only live ones count,
+        or a few dead workers would stop the reading for minutes.
+        """
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(self.queue.key)
-        pipe.zcard(self.queue.started_job_registry.key)
+        pipe.zcount(self.queue.started_job_registry.key, time.time(), "+inf")
         return sum(pipe.execute())
 
     def read_batch(self, first_block_ms: int = 1000) -> list[str]:
@@ -135,7 +145,8 @@ class Dispatcher:
 
     # -- reclaiming --------------------------------------------------------------------------
 
-    def _job_is_done(self, job: Job | None) -> bool:
+    def _job_is_done(self, job: Job | None, taken: set[str] | None = None) -> bool:
+        """`taken`: ids of queued-status jobs that are neither waiting in the queue nor running."""
         if job is None:
             return True
         status = job.get_status(refresh=False)
@@ -144,7 +155,28 @@ class Dispatcher:
         if status == JobStatus.STARTED and job.started_at is not None:
             age = time.time() - job.started_at.timestamp()
             return age > self.settings.job_timeout_s + STARTED_GRACE_S
-        return False
+        # A worker that died between taking the job off the queue and starting it leaves its
+        # status "queued" for good: no longer queued, not running, so over.
+        return status == JobStatus.QUEUED and taken is not None and job.id in taken
+
+    def _taken_and_abandoned(self, queued: list[str]) -> set[str]:
+        """Of these queued-status jobs, those not in the queue and without a live started entry."""
+        if not queued:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(self.queue.key, 0, -1)
+        pipe.zrangebyscore(self.queue.started_job_registry.key, time.time(), "+inf")  # entries are job_id:execution
+        waiting, running = pipe.execute()
+        alive = {j.decode() for j in waiting} | {e.decode().rsplit(":", 1)[0] for e in running}
+        return {job_id for job_id in queued if job_id not in alive}
+
+    @staticmethod
+    def _failed_for_outage(job: Job | None) -> bool:
+        """The job failed with DatabaseUnavailable (workers.batch): Postgres was down, not the records' fault."""
+        if job is None or job.get_status(refresh=False) != JobStatus.FAILED:
+            return False
+        result = job.latest_result()
+        return result is not None and "DatabaseUnavailable" in (result.exc_string or "")
 
     def reclaim(self) -> int:
         """Hand idle entries whose job is over to a new job (or to the dead letters)."""
@@ -157,14 +189,23 @@ class Dispatcher:
         job_ids = [j.decode() if j else None for j in self.redis.hmget(s.inflight_key, ids)]
         unique = sorted({j for j in job_ids if j})
         jobs = dict(zip(unique, Job.fetch_many(unique, connection=self.redis, serializer=JSONSerializer)))
-        over = [sid for sid, job_id in zip(ids, job_ids) if self._job_is_done(jobs.get(job_id) if job_id else None)]
+        taken = self._taken_and_abandoned([job_id for job_id, job in jobs.items()
+                                           if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED])
+        over = [sid for sid, job_id in zip(ids, job_ids)
+                if self._job_is_done(jobs.get(job_id) if job_id else None, taken)]
         if not over:
             return 0
         claimed = self.redis.xclaim(s.stream, s.group, self.name, min_idle_time=idle_ms, message_ids=over)
         claimed_ids = [sid.decode() for sid, _ in claimed]
         deliveries = {p["message_id"].decode(): p["times_delivered"] + 1 for p in pending}
-        retry = [sid for sid in claimed_ids if deliveries.get(sid, 1) <= s.max_deliveries]
-        give_up = [sid for sid in claimed_ids if deliveries.get(sid, 1) > s.max_deliveries]
+        # A delivery that failed because Postgres was down says nothing about the record: an
+        # outage longer than max_deliveries reclaims must not turn healthy records into dead letters.
+        job_of = dict(zip(ids, job_ids))
+        suspects = {job_of[sid] for sid in claimed_ids if deliveries.get(sid, 1) > s.max_deliveries and job_of.get(sid)}
+        outage = {job_id for job_id in suspects if self._failed_for_outage(jobs.get(job_id))}
+        retry = [sid for sid in claimed_ids if deliveries.get(sid, 1) <= s.max_deliveries or job_of.get(sid) in outage]
+        give_up = [sid for sid in claimed_ids if deliveries.get(sid, 1) > s.max_deliveries
+                   and job_of.get(sid) not in outage]
         for chunk in _chunks(retry, s.batch_size):
             self.enqueue(chunk, attempt=max(deliveries.get(sid, 1) for sid in chunk))
         for chunk in _chunks(give_up, s.batch_size):
@@ -187,6 +228,23 @@ class Dispatcher:
                 m.lag.set(group.get("lag") or 0)
         oldest = self.redis.xpending_range(s.stream, s.group, min="-", max="+", count=1)
         m.oldest_pending_s.set(oldest[0]["time_since_delivered"] / 1000 if oldest else 0)
+
+    def publish(self) -> int:
+        """Committed consent changes to the outbound stream; Postgres trouble waits for the next round."""
+        try:
+            if self._database is None or self._database.closed:
+                self._database = psycopg.connect(self.settings.database_url_or_default(), autocommit=True,
+                                                 connect_timeout=5)
+            return publisher.publish_pending(self._database, self.redis, self.settings)
+        except ValueError as exc:  # a cursor key that is not ours: an operator must look
+            log.error("consent feed not published: %s", exc)
+            return 0
+        except psycopg.Error as exc:
+            log.warning("consent feed: postgres unavailable (%s), will retry", type(exc).__name__)
+            if self._database is not None:
+                self._database.close()
+            self._database = None
+            return 0
 
     # -- trimming ----------------------------------------------------------------------------
 
@@ -223,6 +281,9 @@ class Dispatcher:
         if now - self._last_trim >= TRIM_EVERY_S:
             self._last_trim = now
             self.trim()
+        if now - self._last_publish >= PUBLISH_EVERY_S:
+            self._last_publish = now
+            self.publish()
         if now - self._last_archive >= ARCHIVE_EVERY_S:
             self._last_archive = now
             archive.maintain_url(self.settings.database_url_or_default(), self.settings.archive_retention_s)
@@ -236,22 +297,29 @@ class Dispatcher:
         return len(ids)
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_group()
         log.info("dispatching %s as %s", self.settings.stream, self.name)
         backoff = 0.1
-        while not stop.is_set():
-            try:
-                self.step()
-                backoff = 0.1
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("consumer group missing (Redis restarted?), creating it again")
-                self.ensure_group()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("redis unavailable (%s), retrying in %.1fs", type(exc).__name__, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        group_ready = False  # made inside the loop: Redis may be down when the dispatcher starts
+        try:
+            while not stop.is_set():
+                try:
+                    if not group_ready:
+                        self.ensure_group()
+                        group_ready = True
+                    self.step()
+                    backoff = 0.1
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("consumer group missing (Redis restarted?), creating it again")
+                    group_ready = False
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    log.warning("redis unavailable (%s), retrying in %.1fs", type(exc).__name__, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if self._database is not None:
+                self._database.close()
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

@@ -531,7 +531,8 @@ def _compose() -> dict[str, Any]:
 
 def test_compose_services_run_real_hookstream_subcommands() -> None:
     services = _compose()["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "ingress", "dispatch", "worker"}
+    assert set(services) == {"redis", "postgres", "migrate", "ingress", "dispatch", "worker",
+                             "prometheus", "grafana"}  # the last two: tests/deploy/test_grafana.py
     subcommands = {}
     for name, service in services.items():
         if service.get("image") == "hookstream:latest":

@@ -1,0 +1,286 @@
+"""The consent API: a small Starlette app over the consent tables (see api/README.md).
+
+Routes: GET /v1/consent/{subject}?scope=, POST /v1/consent/check, GET /v1/consent/review,
+POST /v1/consent/review/{event_id}, GET /v1/consent/changes?since=&limit=, GET /openapi.json.
+Every route but /openapi.json needs a bearer token (401 and nothing more otherwise); bad input is
+a 4xx with a JSON reason, never a 500; the database unreachable is a 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable, TypedDict
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from dashboard import PUBLIC_PATHS, Dashboard
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import cursor, inputs, queries
+from api.answers import answer
+from api.auth import ApiTokens, BearerAuth, token_label
+from api.errors import ApiError, JSONResponse, error_response, invalid
+from api.openapi import FIXED, document
+from api.subjects import InvalidSubject, Subject, classify, scope_forms
+from shared.settings import Settings
+from workers.publisher import Position, iso
+
+log = logging.getLogger("hookstream.api")
+
+DEFAULT_POOL_SIZE = 4
+POOL_TIMEOUT_S = 5.0
+PAGE_DEFAULT, PAGE_MAX = 100, 1000
+THREAD_ABOVE = 2000  # subjects: above this, normalizing runs off the event loop
+MEMO_MAX = 200_000  # normalized subjects remembered: senders check the same lists again
+SHOWN_INVALID = 20  # invalid subjects listed in a 422 of the bulk check
+
+
+class State(TypedDict):
+    settings: Settings
+    pool: AsyncConnectionPool[Any]
+    classifier: Classifier
+
+
+class Classifier:
+    """`classify` for this app's region, remembering results (parsing a number costs ~13 µs)."""
+
+    def __init__(self, default_region: str | None, size: int = MEMO_MAX) -> None:
+        self.region = default_region
+        self.size = size
+        self.memo: dict[str, Subject] = {}
+
+    def __call__(self, raw: str) -> Subject:
+        found = self.memo.get(raw)
+        if found is None:
+            found = classify(raw, self.region)  # raises InvalidSubject: not remembered
+            if len(self.memo) >= self.size:
+                self.memo.clear()
+            self.memo[raw] = found
+        return found
+
+    def many(self, raws: list[str]) -> tuple[list[Subject], list[dict[str, Any]]]:
+        subjects: list[Subject] = []
+        refused: list[dict[str, Any]] = []
+        for index, raw in enumerate(raws):
+            try:
+                subjects.append(self(raw))
+            except InvalidSubject as exc:
+                refused.append({"index": index, "subject": raw[:80], "reason": str(exc)})
+                subjects.append(Subject(raw, False))
+        return subjects, refused
+
+
+def _state(request: Request) -> State:
+    return request.scope["state"]  # type: ignore[no-any-return]
+
+
+async def read_body(request: Request, limit: int = inputs.MAX_BODY_BYTES) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise inputs.too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise inputs.too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def lookup(request: Request) -> Response:
+    raw = request.path_params["subject"]
+    if raw in FIXED:  # GET /v1/consent/check: the fixed route wins, and it takes POST only
+        raise HTTPException(405, headers={"Allow": "POST"})
+    params = inputs.query(request.query_params.multi_items(), ("scope",))
+    scope = inputs.scope_value(params.get("scope"), "the scope parameter") if "scope" in params else None
+    state = _state(request)
+    try:
+        subject = state["classifier"](raw)
+    except InvalidSubject as exc:
+        raise invalid(f"subject: {exc}") from None
+    forms = scope_forms(scope, state["settings"].default_region) if scope is not None else None
+    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        rows = await queries.subject_rows(conn, subject.value)
+        if not rows and not subject.phone and not await queries.seen_as_person(conn, subject.value):
+            raise invalid(f"subject: {subject.reason}")
+    return JSONResponse(answer(subject.value, rows, forms).as_json())
+
+
+async def check(request: Request) -> Response:
+    body = inputs.check_request(inputs.parse_json(await read_body(request)))
+    state = _state(request)
+    classifier = state["classifier"]
+    if len(body.subjects) > THREAD_ABOVE:
+        subjects, refused = await run_in_threadpool(classifier.many, body.subjects)
+    else:
+        subjects, refused = classifier.many(body.subjects)
+    if refused:
+        raise invalid(f"{len(refused)} subject(s) cannot be looked up", invalid=refused[:SHOWN_INVALID],
+                      count=len(refused))
+    forms = scope_forms(body.scope, state["settings"].default_region) if body.scope is not None else None
+    values = [s.value for s in subjects]
+    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        states = await queries.bulk_states(conn, values, [s.phone for s in subjects], forms)
+    unknown_ids = [{"index": i, "subject": body.subjects[i][:80], "reason": subjects[i].reason}
+                   for i, value in enumerate(states) if value == queries.INVALID]
+    if unknown_ids:
+        raise invalid(f"{len(unknown_ids)} subject(s) are neither a phone number nor a known id",
+                      invalid=unknown_ids[:SHOWN_INVALID], count=len(unknown_ids))
+    results = [{"subject": value, "allowed": st != "opted_out", "state": st} for value, st in zip(values, states)]
+    return Response(orjson.dumps({"results": results}), media_type="application/json")
+
+
+def _review_cursor(raw: str | None) -> int:
+    if raw is None:
+        return 0
+    try:
+        return cursor.decode_review(raw)
+    except cursor.BadCursor as exc:
+        raise invalid(f"since: {exc}") from None
+
+
+async def review_list(request: Request) -> Response:
+    params = inputs.query(request.query_params.multi_items(), ("since", "limit"))
+    after = _review_cursor(params.get("since"))
+    limit = inputs.limit_value(params.get("limit"), PAGE_DEFAULT, PAGE_MAX)
+    async with _state(request)["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        items = await queries.review_page(conn, after, limit + 1)
+    page = items[:limit]
+    return JSONResponse({
+        "items": [{"event_id": i.event_id, "subject": i.subject, "scope": i.scope, "provider": i.provider,
+                   "body": i.body, "keyword": i.keyword, "occurred_at": iso(i.occurred_at),
+                   "received_at": iso(i.received_at)} for i in page],
+        "next": cursor.encode_review(page[-1].id if page else after),
+        "has_more": len(items) > limit,
+    })
+
+
+async def review_decide(request: Request) -> Response:
+    event_id = request.path_params["event_id"]
+    inputs.query(request.query_params.multi_items(), ())
+    decision = inputs.decision_request(inputs.parse_json(await read_body(request, 4096)))
+    if not 1 <= len(event_id) <= 512 or "\x00" in event_id:
+        raise invalid("event_id must be 1 to 512 characters, without NUL")
+    label = token_label(request.scope)
+    try:
+        async with _state(request)["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+            made = await queries.decide(conn, event_id, decision, label)
+    except queries.NotInQueue:
+        raise ApiError(404, "not_found", "no possible_opt_out event has this id") from None
+    except queries.Conflict as exc:
+        raise ApiError(409, "conflict", f"this event was decided already: {exc.decision}",
+                       decision=exc.decision, decided_by=exc.decided_by) from None
+    except queries.CannotApply as exc:
+        raise invalid(str(exc)) from None
+    log.info("review decision %s on %s by %s%s", decision, event_id, label, " (repeated)" if made.repeated else "")
+    return JSONResponse({
+        "event_id": made.event_id, "subject": made.subject, "scope": made.scope, "decision": made.decision,
+        "decided_by": made.decided_by, "decided_at": iso(made.decided_at),
+        "change": made.change.as_json() if made.change else None, "repeated": made.repeated,
+    })
+
+
+async def changes(request: Request) -> Response:
+    params = inputs.query(request.query_params.multi_items(), ("since", "limit"))
+    try:
+        after = cursor.decode(params["since"]) if "since" in params else Position()
+    except cursor.BadCursor as exc:
+        raise invalid(f"since: {exc}") from None
+    limit = inputs.limit_value(params.get("limit"), PAGE_DEFAULT, PAGE_MAX)
+    async with _state(request)["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        found = await queries.changes_page(conn, after, limit + 1)
+    page = found[:limit]
+    return JSONResponse({
+        "changes": [change.as_json() for change in page],
+        "next": cursor.encode(page[-1].position if page else after),
+        "has_more": len(found) > limit,
+    })
+
+
+async def openapi(request: Request) -> Response:
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
+# Errors → JSON. Starlette raises HTTPException for 404/405 itself.
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.detail, **exc.extra)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, None, headers=dict(exc.headers or {}))
+
+
+async def on_unavailable(request: Request, exc: Exception) -> Response:
+    log.error("database unavailable: %s", type(exc).__name__)
+    return error_response(503, "unavailable", "the database is unavailable; retry", headers={"Retry-After": "1"})
+
+
+async def on_internal(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal", None)
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPool[Any] | None = None,
+               pool_size: int = DEFAULT_POOL_SIZE, dashboard: Dashboard | None = None) -> Starlette:
+    """The API application with the dashboard at `/`; `pool` and `dashboard` are injectable (tests,
+    benchmarks), otherwise made here and closed with the app."""
+    own_dashboard = dashboard is None
+    dash = dashboard or Dashboard(settings, tokens)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        own = pool is None
+        active = pool or AsyncConnectionPool(
+            settings.database_url_or_default(), min_size=1, max_size=pool_size, open=False, name="hookstream-api",
+            # Autocommit: reads need no transaction (writes open their own). No prepared statements:
+            # usable behind PgBouncer in transaction mode. Checked before use: after a Postgres
+            # restart no request gets a dead connection.
+            kwargs={"prepare_threshold": None, "autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+        )
+        if own:
+            await active.open()  # does not wait for a connection: the API starts with Postgres down (503s)
+        for label in tokens.short_labels():
+            log.warning("API token %s is shorter than 16 characters", label)
+        log.info("consent API ready; tokens: %s", ", ".join(tokens.labels) or "none (every request gets 401)")
+        try:
+            yield State(settings=settings, pool=active, classifier=Classifier(settings.default_region))
+        finally:
+            if own:
+                await active.close()
+            if own_dashboard:
+                dash.close()
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/consent/check", check, methods=["POST"]),
+        Route("/v1/consent/review", review_list, methods=["GET"]),
+        Route("/v1/consent/review/{event_id:path}", review_decide, methods=["POST"]),
+        Route("/v1/consent/changes", changes, methods=["GET"]),
+        Route("/v1/consent/{subject}", lookup, methods=["GET"]),
+        *dash.routes(),  # the dashboard checks its own session cookie or bearer token
+    ]
+    handlers: dict[Any, Handler] = {
+        ApiError: on_api_error, HTTPException: on_http_error, psycopg.OperationalError: on_unavailable,
+        PoolTimeout: on_unavailable, Exception: on_internal,
+    }
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers,
+                    middleware=[Middleware(BearerAuth, tokens=tokens,
+                                           public=frozenset({"/openapi.json"}) | PUBLIC_PATHS)])
+    app.state.openapi = orjson.dumps(document())
+    return app

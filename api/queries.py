@@ -1,0 +1,193 @@
+"""Every statement of the API, each run on an async connection from the pool.
+
+The bulk check is ONE set-based statement: the subjects go in as one array (binary), are joined
+to consent with their ordinal, and come back in input order — no round trip per subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Sequence
+
+import psycopg
+
+from api.answers import ROW_SQL_COLUMNS, Row
+from shared.events import Event, Kind, Outcome
+from workers import consent
+from workers.publisher import FEED_SQL, Change, Position
+
+INVALID = "invalid"  # bulk-check state of an id that is neither a number nor known: becomes a 422
+
+SUBJECT_SQL = f"SELECT {ROW_SQL_COLUMNS} FROM consent WHERE subject = %s"
+SEEN_SQL = "SELECT EXISTS (SELECT 1 FROM events WHERE phone = %s)"
+
+_KNOWN = (
+    "WHEN i.phone OR EXISTS (SELECT 1 FROM consent k WHERE k.subject = i.subject)"
+    " OR EXISTS (SELECT 1 FROM events e WHERE e.phone = i.subject) THEN 'unknown' ELSE 'invalid'"
+)
+_INPUT = "unnest(%b::text[], %b::bool[]) WITH ORDINALITY AS i(subject, phone, ord)"
+
+# With a scope: the winning row among the scope's rows (both notations) and the `*` row — the
+# later confirmed_at, an opt-out on a tie: `workers.rules.effective`, as one DISTINCT ON.
+CHECK_SCOPE_SQL = (
+    "SELECT DISTINCT ON (i.ord) CASE WHEN c.state IS NOT NULL THEN c.state " + _KNOWN + " END"
+    f" FROM {_INPUT} LEFT JOIN consent c ON c.subject = i.subject AND c.scope = ANY(%b::text[])"
+    " ORDER BY i.ord, c.confirmed_at DESC NULLS LAST, c.state = 'opted_out' DESC"
+)
+# Without: opted out if any scope is. A scope row is out when it is out and not older than the `*`
+# row (ties: out), the `*` row when it is out — so: the `*` row is out, or the latest opted-out
+# scope row is at least as recent as an opted-in `*` row (or there is none). One join, one pass.
+CHECK_ANY_SQL = (
+    "SELECT CASE WHEN bool_or(c.scope = '*' AND c.state = 'opted_out')"
+    " OR max(c.confirmed_at) FILTER (WHERE c.scope <> '*' AND c.state = 'opted_out')"
+    " >= coalesce(max(c.confirmed_at) FILTER (WHERE c.scope = '*' AND c.state = 'opted_in'), '-infinity')"
+    " THEN 'opted_out' WHEN count(c.state) > 0 THEN 'opted_in' " + _KNOWN + " END"
+    f" FROM {_INPUT} LEFT JOIN consent c ON c.subject = i.subject"
+    " GROUP BY i.ord, i.subject, i.phone ORDER BY i.ord"
+)
+
+BULK_SETTINGS_SQL = "SELECT set_config('jit', 'off', true), set_config('work_mem', '64MB', true)"
+
+REVIEW_SQL = (
+    "SELECT id, event_key, provider, subject, scope, body, keyword, occurred_at, received_at"
+    " FROM consent_review WHERE id > %s ORDER BY id LIMIT %s"
+)
+EVENT_SQL = (
+    "SELECT provider, feed, phone, scope, keyword, keyword_outcome, occurred_at, received_at"
+    " FROM events WHERE dedupe_key = %s"
+)
+DECIDE_SQL = (
+    "INSERT INTO review_decisions (event_key, decision, decided_by) VALUES (%s, %s, %s)"
+    " ON CONFLICT (event_key) DO NOTHING RETURNING decided_at"
+)
+DECIDED_SQL = "SELECT decision, decided_by, decided_at, change_id FROM review_decisions WHERE event_key = %s"
+SET_CHANGE_SQL = "UPDATE review_decisions SET change_id = %s WHERE event_key = %s"
+CHANGE_SQL = (
+    "SELECT id, txid::text, event_key, subject, scope, old_state, new_state, outcome, keyword, provider,"
+    " occurred_at, received_at, decided_by FROM consent_changes WHERE id = %s"
+)
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+async def subject_rows(conn: Conn, subject: str) -> list[Row]:
+    cur = await conn.execute(SUBJECT_SQL, (subject,))
+    return [Row.of(row) for row in await cur.fetchall()]
+
+
+async def seen_as_person(conn: Conn, subject: str) -> bool:
+    """Stored as the person of some event (an Mx2 subscriberId that never opted in or out)."""
+    cur = await conn.execute(SEEN_SQL, (subject,))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def bulk_states(conn: Conn, values: Sequence[str], phone: Sequence[bool], scope_forms: list[str] | None) -> list[str]:
+    """One state per input, in input order: opted_in, opted_out, unknown, or `invalid`."""
+    if not values:
+        return []
+    async with conn.transaction(), conn.cursor(binary=True) as cur:
+        # Transaction-scoped (fine behind PgBouncer): JIT compiling costs more than it saves on this
+        # one-off plan, and the join and the sort of 100,000 rows fit in memory instead of spilling.
+        await cur.execute(BULK_SETTINGS_SQL)
+        if scope_forms is None:
+            await cur.execute(CHECK_ANY_SQL, (list(values), list(phone)))
+        else:
+            await cur.execute(CHECK_SCOPE_SQL, (list(values), list(phone), [*scope_forms, "*"]))
+        return [row[0] for row in await cur.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    id: int
+    event_id: str
+    provider: str
+    subject: str | None
+    scope: str | None
+    body: str | None
+    keyword: str | None
+    occurred_at: datetime | None
+    received_at: datetime
+
+
+async def review_page(conn: Conn, after_id: int, limit: int) -> list[ReviewItem]:
+    cur = await conn.execute(REVIEW_SQL, (after_id, limit))
+    return [ReviewItem(*row) for row in await cur.fetchall()]
+
+
+async def changes_page(conn: Conn, after: Position, limit: int) -> list[Change]:
+    cur = await conn.execute(FEED_SQL, (str(after.txid), after.id, limit))
+    return [Change.from_row(row) for row in await cur.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    event_id: str
+    subject: str | None
+    scope: str | None
+    decision: str
+    decided_by: str
+    decided_at: datetime
+    change: Change | None
+    repeated: bool  # the same decision had already been taken (a retry): nothing new was written
+
+
+class NotInQueue(LookupError):
+    """No possible_opt_out event has this id."""
+
+
+class Conflict(Exception):
+    """Another decision was taken on this event before."""
+
+    def __init__(self, decision: str, decided_by: str) -> None:
+        super().__init__(decision)
+        self.decision = decision
+        self.decided_by = decided_by
+
+
+class CannotApply(ValueError):
+    """The event names no subject or no scope to opt out of."""
+
+
+async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decision:
+    """Record a person's decision; an opt_out goes through the workers' consent rules, audited
+    with the token's label. One transaction: the decision and its change stand or fall together."""
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(EVENT_SQL, (event_id,))
+        found = await cur.fetchone()
+        if found is None or found[5] != Outcome.POSSIBLE_OPT_OUT:
+            raise NotInQueue(event_id)
+        provider, feed, phone, scope, keyword, _, occurred_at, received_at = found
+        if decision == "opt_out" and not (phone and scope):
+            raise CannotApply("the event names no subject or no scope to opt out of")
+        await cur.execute(DECIDE_SQL, (event_id, decision, label))
+        inserted = await cur.fetchone()
+        if inserted is None:
+            await cur.execute(DECIDED_SQL, (event_id,))
+            earlier, by, at, change_id = await cur.fetchone() or (None, None, None, None)
+            if earlier != decision:
+                raise Conflict(str(earlier), str(by))
+            return Decision(event_id, phone, scope, decision, str(by), at, await _change(cur, change_id), True)
+        change_id = None
+        if decision == "opt_out":
+            event = Event(provider=provider, feed=feed, kind=Kind.INBOUND, dedupe_key=event_id, occurred_at=occurred_at,
+                          phone=phone, scope=scope, keyword=keyword, consent=Outcome.OPT_OUT)
+            applied = await consent.apply_async(cur, [(event, Received(received_at))], decided_by=label)
+            if applied:
+                change_id = applied[0]["id"]
+                await cur.execute(SET_CHANGE_SQL, (change_id, event_id))
+        return Decision(event_id, phone, scope, decision, label, inserted[0], await _change(cur, change_id), False)
+
+
+async def _change(cur: psycopg.AsyncCursor[Any], change_id: int | None) -> Change | None:
+    if change_id is None:
+        return None
+    await cur.execute(CHANGE_SQL, (change_id,))
+    row = await cur.fetchone()
+    return Change.from_row(row) if row else None

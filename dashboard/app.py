@@ -1,0 +1,360 @@
+"""The dashboard's routes: one server-rendered page (Jinja2) that refreshes its sections every few
+seconds, the HTML partials it refreshes from, JSON data endpoints, a login form, the review
+decisions, and the dead-letter details page.
+
+Mounted into the API app (`hookstream api`) with `routes(settings, tokens)`; the API's bearer
+middleware must let `PUBLIC_PATHS` through (they authenticate themselves: a session cookie or the
+same bearer tokens). Every path is exact (no path parameters) so that list can be exact too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qsl
+
+import orjson
+import psycopg
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from psycopg_pool import ConnectionPool, PoolTimeout
+from redis import Redis
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from api.auth import ApiTokens, bearer
+from dashboard import data
+from dashboard.cache import TTLCache
+from dashboard.review import Decider, Refused, api_decider
+from dashboard.session import (COOKIE, CSRF_FIELD, CSRF_HEADER, SECRET_ENV, Session, Signer, cookie_secure, csrf_ok,
+                               same_origin)
+from shared.settings import Settings
+
+log = logging.getLogger("hookstream.dashboard")
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+STATIC_PREFIX = "/dashboard/static"
+REFRESH_S = 5
+# Seconds each section is reused for: flow moves fast, the 14-day views slowly.
+CACHE_TTL_S: Mapping[str, float] = {"flow": 2.0, "deliverability": 30.0, "consent": 5.0}
+SECTIONS = ("flow", "deliverability", "consent")
+MAX_FORM_BYTES = 4096
+POOL_TIMEOUT_S = 2.0
+
+PAGE_PATHS = ("/", "/login", "/logout", "/dashboard/review", "/dashboard/dead-letters")
+DATA_PATHS = tuple(f"/dashboard/data/{s}" for s in SECTIONS)
+PARTIAL_PATHS = tuple(f"/dashboard/partial/{s}" for s in SECTIONS)
+STATIC_FILES = tuple(sorted(p.name for p in STATIC.iterdir() if p.is_file()))
+PUBLIC_PATHS: frozenset[str] = frozenset(
+    (*PAGE_PATHS, *DATA_PATHS, *PARTIAL_PATHS, *(f"{STATIC_PREFIX}/{name}" for name in STATIC_FILES)))
+
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+                               " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",  # no-referrer would make Chromium send `Origin: null` on form posts
+    "cache-control": "no-store",
+}
+NOTICES = {  # ?notice= after a form post without JavaScript: fixed sentences, nothing reflected
+    "opt_out": "Opt-out recorded.", "dismiss": "Dismissed.", "conflict": "Someone decided that one already.",
+    "not_found": "That item is no longer in the queue.", "invalid": "That decision cannot be applied.",
+    "csrf": "The form had expired; try again.", "logged_out": "Logged out.",
+}
+
+
+def _asset_version(name: str) -> str:
+    return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]
+
+
+ASSET_VERSIONS = {name: _asset_version(name) for name in STATIC_FILES}
+
+
+def _env() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v: "?" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
+    env.filters["pct"] = lambda v: "–" if v is None else f"{float(v) * 100:.1f}%"
+    env.filters["when"] = lambda iso: iso[:19].replace("T", " ") if iso else ""  # times come in UTC (TimeZone=UTC)
+    env.filters["utc"] = lambda t: t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+    env.globals["asset"] = lambda name: f"{STATIC_PREFIX}/{name}?v={ASSET_VERSIONS[name]}"
+    return env
+
+
+class Dashboard:
+    """Routes plus what they share: a small sync Postgres pool and a Redis client (opened on first
+    use, so the API starts with either down), the section cache, the session signer."""
+
+    def __init__(self, settings: Settings, tokens: ApiTokens, *, env: Mapping[str, str] | None = None,
+                 signer: Signer | None = None, cache_ttl_s: Mapping[str, float] | None = None,
+                 decide: Decider | None = None, pool_size: int = 4, ingress_port: int | None = None,
+                 refresh_s: int = REFRESH_S, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
+        env = os.environ if env is None else env
+        self.settings = settings
+        self.tokens = tokens
+        self.env = env
+        self.signer = signer or Signer.from_env(env)
+        if signer is None and not env.get(SECRET_ENV, "").strip():
+            log.info("dashboard: %s is not set; sessions are signed with a key of this process only", SECRET_ENV)
+        self.cache = TTLCache(CACHE_TTL_S if cache_ttl_s is None else cache_ttl_s)
+        self.decide = decide or api_decider(settings.database_url_or_default())
+        self.pool_size = pool_size
+        self.refresh_s = refresh_s
+        self.pool_timeout_s = pool_timeout_s
+        self.ingress_port = ingress_port or int(env.get("HOOKSTREAM_PORT", "").strip() or 8000)
+        self.templates = _env()
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = None
+        self._redis: Redis | None = None
+
+    # -- resources --------------------------------------------------------------------------------
+
+    def pool(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.settings.database_url_or_default(), min_size=1, max_size=self.pool_size, open=False,
+                    timeout=self.pool_timeout_s, name="hookstream-dashboard", check=ConnectionPool.check_connection,
+                    kwargs={"autocommit": True, "connect_timeout": 3, "prepare_threshold": None,
+                            "options": "-c statement_timeout=10000 -c TimeZone=UTC"})
+                self._pool.open(wait=False)
+                atexit.register(self.close)
+            return self._pool
+
+    def redis(self) -> Redis:
+        with self._lock:
+            if self._redis is None:
+                self._redis = Redis.from_url(self.settings.redis_url_or_default(), socket_timeout=2,
+                                             socket_connect_timeout=2)
+            return self._redis
+
+    def close(self) -> None:
+        self.cache.close()
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None
+
+    # -- sections (sync: run in the thread pool) ---------------------------------------------------
+
+    def _flow(self) -> dict[str, Any]:
+        redis = self.redis()
+        try:
+            with self.pool().connection() as conn:
+                return data.flow(self.settings, redis, conn)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            return data.flow(self.settings, redis, None, data.first_line(exc))
+
+    def _postgres_section(self, read: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            with self.pool().connection() as conn:
+                return {**read(conn), "errors": []}
+        except (PoolTimeout, psycopg.Error) as exc:
+            return {"errors": [f"postgres: {data.first_line(exc)}"]}
+
+    def compute(self, section: str) -> dict[str, Any]:
+        if section == "flow":
+            return self._flow()
+        return self._postgres_section(data.deliverability if section == "deliverability" else data.consent)
+
+    async def section(self, name: str) -> dict[str, Any]:
+        return await run_in_threadpool(self.cache.get, name, partial(self.compute, name))  # type: ignore[no-any-return]
+
+    # -- authentication ---------------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> tuple[str, Session | None] | None:
+        """(label, session) for a valid session cookie, (label, None) for a valid bearer token."""
+        token = bearer(request.headers.get("authorization"))
+        if token is not None:
+            label = self.tokens.verify(token)
+            return (label, None) if label is not None else None
+        session = self.signer.read(request.cookies.get(COOKIE))
+        if session is None or session.label not in self.tokens.labels:  # a revoked token ends its sessions
+            return None
+        return session.label, session
+
+    # -- rendering --------------------------------------------------------------------------------
+
+    def html(self, template: str, status_code: int = 200, **context: Any) -> Response:
+        body = self.templates.get_template(template).render(refresh_s=self.refresh_s, **context)
+        return Response(body, status_code=status_code, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+
+    def context(self, name: str, section: dict[str, Any], session: Session | None) -> dict[str, Any]:
+        from hookstream.run import example_curl
+
+        extra: dict[str, Any] = {}
+        if name == "flow":
+            extra = {"no_traffic": section["per_minute"] is not None and data.no_traffic(section),
+                     "curl": example_curl(self.ingress_port), "ingress_port": self.ingress_port,
+                     "outcomes": data.OUTCOMES, "flow_charts": data.flow_charts(section["per_minute"])}
+        elif name == "deliverability":
+            extra = {"deliverability_charts": data.deliverability_charts(section)}
+        else:
+            extra = {"consent_chart": data.consent_chart(section)}
+        return {name: section, "csrf": session.csrf if session else "", **extra}
+
+    @staticmethod
+    def json(body: Any, status_code: int = 200) -> Response:
+        return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status_code=status_code,
+                        media_type="application/json", headers={"cache-control": "no-store"})
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        auth = self.authenticate(request)
+        if auth is None:
+            return RedirectResponse("/login", 303)
+        label, session = auth
+        sections = await asyncio.gather(*(self.section(name) for name in SECTIONS))
+        context: dict[str, Any] = {}
+        for name, section in zip(SECTIONS, sections):
+            context.update(self.context(name, section, session))
+        return self.html("index.html", label=label, notice=NOTICES.get(request.query_params.get("notice", "")),
+                         now=datetime.now(timezone.utc).strftime("%H:%M:%S"), **context)
+
+    async def partial(self, request: Request) -> Response:
+        name = request.url.path.rsplit("/", 1)[1]
+        auth = self.authenticate(request)
+        if auth is None:
+            return self.json({"error": "unauthorized"}, 401)
+        section = await self.section(name)
+        return self.html(f"_{name}.html", **self.context(name, section, auth[1]))
+
+    async def data(self, request: Request) -> Response:
+        name = request.url.path.rsplit("/", 1)[1]
+        if self.authenticate(request) is None:
+            return self.json({"error": "unauthorized"}, 401)
+        return self.json(await self.section(name))
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET":
+            if self.authenticate(request) is not None:
+                return RedirectResponse("/", 303)
+            return self.html("login.html", notice=NOTICES.get(request.query_params.get("notice", "")))
+        if not same_origin(request):
+            return self.html("login.html", 403, error="This form was sent from another site.")
+        form = await read_form(request)
+        label = self.tokens.verify(form.get("token", "").strip()) if form is not None else None
+        if label is None:
+            await asyncio.sleep(0.25)  # a guess costs a little time
+            return self.html("login.html", 401, error="That token is not one of HOOKSTREAM_API_TOKENS.")
+        value, _ = self.signer.issue(label)
+        response = RedirectResponse("/", 303)
+        response.set_cookie(COOKIE, value, max_age=self.signer.max_age_s, path="/", httponly=True,
+                            samesite="strict", secure=cookie_secure(request, self.env))
+        log.info("dashboard login by %s", label)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        auth = self.authenticate(request)
+        form = await read_form(request) or {}
+        if auth is not None and auth[1] is not None and not (
+                same_origin(request) and csrf_ok(auth[1], form.get(CSRF_FIELD))):
+            return RedirectResponse("/?notice=csrf", 303)
+        response = RedirectResponse("/login?notice=logged_out", 303)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
+                               secure=cookie_secure(request, self.env))
+        return response
+
+    async def review(self, request: Request) -> Response:
+        wants_json = "application/json" in request.headers.get("accept", "")
+        auth = self.authenticate(request)
+        if auth is None:
+            return self.json({"error": "unauthorized"}, 401) if wants_json else RedirectResponse("/login", 303)
+        label, session = auth
+        form = await read_form(request)
+        if form is None:
+            return self.json({"error": "bad_request", "detail": "send a form or a JSON object"}, 400)
+        if session is not None:  # a browser: ambient credentials, so the CSRF token and the origin
+            presented = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
+            if not same_origin(request) or not csrf_ok(session, presented):
+                return (self.json({"error": "csrf", "detail": "missing or wrong CSRF token"}, 403) if wants_json
+                        else RedirectResponse("/?notice=csrf#consent", 303))
+        event_id, decision = form.get("event_id", ""), form.get("decision", "")
+        try:
+            made = await self.decide(event_id, decision, label, request.scope.get("state", {}).get("pool"))
+        except Refused as exc:
+            if wants_json:
+                return self.json({"error": exc.code, "detail": exc.message, **exc.extra}, exc.status)
+            return RedirectResponse(f"/?notice={exc.code}#consent", 303)
+        finally:
+            self.cache.drop("consent")
+        log.info("dashboard review decision %s by %s", decision, label)
+        return self.json(made) if wants_json else RedirectResponse(f"/?notice={decision}#consent", 303)
+
+    async def dead_letters(self, request: Request) -> Response:
+        auth = self.authenticate(request)
+        if auth is None:
+            return RedirectResponse("/login", 303)
+        raw_id = request.query_params.get("id", "")
+
+        def read() -> dict[str, Any]:
+            with self.pool().connection() as conn:
+                if raw_id:
+                    return {"letter": data.dead_letter(conn, int(raw_id)) if raw_id.isdigit() else None}
+                return {"letters": data.dead_letter_list(conn)}
+
+        try:
+            found = await run_in_threadpool(read)
+        except (PoolTimeout, psycopg.Error) as exc:
+            return self.html("dead_letters.html", 503, error=f"postgres: {data.first_line(exc)}", csrf=_csrf(auth))
+        status_code = 404 if raw_id and found.get("letter") is None else 200
+        return self.html("dead_letters.html", status_code, asked=raw_id, csrf=_csrf(auth), **found)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.index, methods=["GET"]),
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/dashboard/review", self.review, methods=["POST"]),
+            Route("/dashboard/dead-letters", self.dead_letters, methods=["GET"]),
+            *(Route(path, self.data, methods=["GET"]) for path in DATA_PATHS),
+            *(Route(path, self.partial, methods=["GET"]) for path in PARTIAL_PATHS),
+            Mount(STATIC_PREFIX, app=StaticFiles(directory=str(STATIC)), name="dashboard-static"),
+        ]
+
+
+def _csrf(auth: tuple[str, Session | None]) -> str:
+    return auth[1].csrf if auth[1] is not None else ""
+
+
+async def read_form(request: Request) -> dict[str, str] | None:
+    """A small urlencoded form or JSON object (no multipart: nothing here uploads files)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if kind == "application/json":
+            parsed = orjson.loads(body) if body else {}
+            if not isinstance(parsed, dict):
+                return None
+            return {str(k): v for k, v in parsed.items() if isinstance(v, str)}
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def routes(settings: Settings, tokens: ApiTokens, **options: Any) -> list[BaseRoute]:
+    """The dashboard's routes, to mount into the API app at `/` (see PUBLIC_PATHS)."""
+    return Dashboard(settings, tokens, **options).routes()

@@ -1,0 +1,277 @@
+"""What the dashboard shows, read from Postgres and Redis: one function per section, each returning
+plain JSON-ready dicts. The page, its partials and its JSON endpoints all render these.
+
+Sources (docs/dashboard.md says the same for operators):
+
+- Flow, the operational numbers: `hookstream.status.read_redis` / `read_postgres` on the same kind
+  of report `hookstream status --json` prints (`status.empty_report`), so the numbers are the same.
+- Flow, the per-minute chart: events and dead letters per minute of `received_at` (our receive
+  time at the ingress) over the last 60 minutes, by provider and outcome. The outcome is what the
+  request became in Postgres: an event of kind `inbound`, `status`, `event` or `consent`, or a
+  `dead_letter` (one that was not requeued). These are rows, not HTTP requests: a request that is
+  refused at the ingress (403/401/413/503) stores nothing and is not here (Grafana has those).
+- Deliverability: the view `deliverability_daily` through `hookstream.stats.QUERY` (current status
+  per message, so a message counts once), totals and rates by `hookstream.stats`.
+- Consent: `consent_changes` per UTC day of `occurred_at` (the person's time), by new state; the
+  review queue is the view `consent_review`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+from typing import Any, Iterable
+
+import psycopg
+from psycopg.rows import dict_row
+from redis import Redis
+from redis.exceptions import RedisError
+
+from hookstream import stats, status
+from shared.settings import Settings
+
+Row = dict[str, Any]
+Conn = psycopg.Connection[Any]
+
+FLOW_MINUTES = 60
+DAYS = 14
+OUTCOMES = ("inbound", "status", "event", "consent", "dead_letter")
+FINAL = stats.FINAL  # delivered, failed, expired, rejected
+REVIEW_SHOWN = 50
+DEAD_LETTERS_SHOWN = 5
+
+WINDOW_SQL = "SELECT date_trunc('minute', now()) - make_interval(mins => %s) AS start, now() AS now"
+# events_received_at (received_at) serves the range; dead letters are few (an index on last_seen only).
+# date_bin (PostgreSQL 14+) on the window's own whole-minute origin: the same minutes as date_trunc,
+# without its time-zone arithmetic per row.
+FLOW_SQL = """
+SELECT provider, kind AS outcome, date_bin('1 minute', received_at, %(start)s) AS minute, count(*) AS n
+FROM events WHERE received_at >= %(start)s
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT coalesce(provider, 'unknown'), 'dead_letter', date_bin('1 minute', coalesce(received_at, first_seen), %(start)s),
+       count(*)
+FROM dead_letters WHERE coalesce(received_at, first_seen) >= %(start)s AND requeued_at IS NULL
+GROUP BY 1, 2, 3
+"""
+NEWEST_DEAD_SQL = """
+SELECT id, provider, feed, reason, attempts, last_seen FROM dead_letters
+WHERE requeued_at IS NULL ORDER BY last_seen DESC, id DESC LIMIT %s
+"""
+TODAY_SQL = "SELECT (now() AT TIME ZONE 'UTC')::date AS today"
+CONSENT_SQL = """
+SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, new_state, count(*) AS n
+FROM consent_changes
+WHERE occurred_at >= (((now() AT TIME ZONE 'UTC')::date - (%(days)s::int - 1))::timestamp AT TIME ZONE 'UTC')
+GROUP BY 1, 2
+"""
+REVIEW_SQL = """
+SELECT id, event_key, provider, subject, scope, body, keyword, occurred_at, received_at
+FROM consent_review ORDER BY id LIMIT %s
+"""
+REVIEW_COUNT_SQL = "SELECT count(*) FROM consent_review"
+DEAD_LETTER_LIST_SQL = """
+SELECT id, stream_id, provider, feed, method, reason, attempts, received_at, first_seen, last_seen, requeued_at
+FROM dead_letters WHERE requeued_at IS NULL ORDER BY last_seen DESC, id DESC LIMIT %s
+"""
+DEAD_LETTER_SQL = "SELECT * FROM dead_letters WHERE id = %s"
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# -- Flow -----------------------------------------------------------------------------------------
+
+
+def status_report(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None) -> dict[str, Any]:
+    """`hookstream status --json`'s report, read by the same functions (`hookstream.status.collect`
+    with connections the caller keeps open): each source on its own, a failure only in `errors`."""
+    report = status.empty_report(settings)
+    try:
+        status.read_redis(redis, settings, report)
+    except RedisError as exc:
+        report["errors"].append(f"redis: {first_line(exc)}")
+    if conn is None:
+        report["errors"].append(f"postgres: {pg_error or 'unavailable'}")
+        return report
+    try:
+        status.read_postgres(conn, report)
+    except psycopg.Error as exc:
+        report["errors"].append(f"postgres: {first_line(exc)}")
+    return report
+
+
+def minute_series(rows: Iterable[Row], start: datetime, minutes: int = FLOW_MINUTES) -> dict[str, Any]:
+    """Per-minute counts shaped for the charts: every minute of the window (zeros included), one
+    series per (provider, outcome), providers and outcomes in a fixed order. Pure."""
+    labels = [start + timedelta(minutes=i) for i in range(minutes)]
+    index = {minute: i for i, minute in enumerate(labels)}
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * minutes)
+    for row in rows:
+        i = index.get(row["minute"])
+        if i is not None:  # a receive time past now (clock skew) falls outside the window
+            counts[(row["provider"], row["outcome"])][i] += int(row["n"])
+    order = {o: i for i, o in enumerate(OUTCOMES)}
+    providers = sorted({p for p, _ in counts})
+    series = [{"provider": p, "outcome": o, "values": v, "total": sum(v)}
+              for (p, o), v in sorted(counts.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1]))]
+    return {"minutes": [m.isoformat() for m in labels], "providers": providers, "series": series,
+            "total": sum(s["total"] for s in series)}
+
+
+def flow(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None) -> dict[str, Any]:
+    report = status_report(settings, redis, conn, pg_error)
+    out: dict[str, Any] = {"status": report, "per_minute": None, "dead_letters": None, "errors": list(report["errors"])}
+    if conn is None or any(e.startswith("postgres:") for e in report["errors"]):
+        return out
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            window = cur.execute(WINDOW_SQL, (FLOW_MINUTES - 1,)).fetchone()
+            assert window is not None
+            rows = cur.execute(FLOW_SQL, {"start": window["start"]}).fetchall()
+            newest = cur.execute(NEWEST_DEAD_SQL, (DEAD_LETTERS_SHOWN,)).fetchall()
+    except psycopg.Error as exc:
+        out["errors"].append(f"postgres: {first_line(exc)}")
+        return out
+    out["per_minute"] = minute_series(rows, window["start"])
+    out["dead_letters"] = {"count": report["dead_letters"],
+                           "newest": [{**r, "last_seen": r["last_seen"].isoformat()} for r in newest]}
+    return out
+
+
+def no_traffic(flow_data: dict[str, Any]) -> bool:
+    """Nothing ever arrived that we can see: an empty stream, no events or dead letters this hour."""
+    report = flow_data["status"]
+    per_minute = flow_data["per_minute"]
+    return (report["stream_length"] in (0, None) and per_minute is not None and per_minute["total"] == 0
+            and not report["dead_letters"])
+
+
+# -- Deliverability -------------------------------------------------------------------------------
+
+
+def day_range(today: date, days: int = DAYS) -> list[date]:
+    return [today - timedelta(days=days - 1 - i) for i in range(days)]
+
+
+def shape_deliverability(rows: list[Row], today: date, days: int = DAYS) -> dict[str, Any]:
+    """Rows of `deliverability_daily` (provider, sender, day, counts) → totals per provider, per
+    (provider, sender), and per provider and day for the chart. Rates as `hookstream stats`. Pure."""
+    labels = day_range(today, days)
+    index = {d: i for i, d in enumerate(labels)}
+    counts = [*stats.COUNTS]
+    providers: list[Row] = [
+        {k: v for k, v in r.items() if k not in ("sender", "day")}
+        for r in stats.with_totals(rows) if r["day"] is None]
+    senders: dict[tuple[str, str], Row] = {}
+    daily: dict[str, dict[str, list[int]]] = {}
+    for row in rows:
+        key = (row["provider"], row["sender"])
+        acc = senders.setdefault(key, {"provider": row["provider"], "sender": row["sender"],
+                                       **dict.fromkeys(counts, 0)})
+        for k in counts:
+            acc[k] += int(row[k])
+        per = daily.setdefault(row["provider"], {k: [0] * days for k in FINAL})
+        i = index.get(row["day"])
+        if i is not None:
+            for k in FINAL:
+                per[k][i] += int(row[k])
+    by_sender = [{**s, "delivery_rate": stats.delivery_rate(s)} for s in senders.values()]
+    by_sender.sort(key=lambda s: (s["provider"], -s["total"], s["sender"]))
+    return {"days": [d.isoformat() for d in labels], "by_provider": providers, "by_sender": by_sender,
+            "daily": [{"provider": p, **series} for p, series in sorted(daily.items())],
+            "total": sum(p["total"] for p in providers)}
+
+
+def deliverability(conn: Conn, days: int = DAYS) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        today = cur.execute(TODAY_SQL).fetchone()["today"]  # type: ignore[index]
+        rows = cur.execute(stats.QUERY, {"days": days, "provider": None}).fetchall()
+    return shape_deliverability(rows, today, days)
+
+
+# -- Consent --------------------------------------------------------------------------------------
+
+
+def shape_consent(rows: Iterable[Row], today: date, days: int = DAYS) -> dict[str, Any]:
+    labels = day_range(today, days)
+    index = {d: i for i, d in enumerate(labels)}
+    out = {"opted_out": [0] * days, "opted_in": [0] * days}
+    for row in rows:
+        i = index.get(row["day"])
+        if i is not None and row["new_state"] in out:
+            out[row["new_state"]][i] += int(row["n"])
+    return {"days": [d.isoformat() for d in labels], "opt_outs": out["opted_out"], "opt_ins": out["opted_in"],
+            "total_opt_outs": sum(out["opted_out"]), "total_opt_ins": sum(out["opted_in"])}
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def review_queue(conn: Conn, limit: int = REVIEW_SHOWN) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        items = cur.execute(REVIEW_SQL, (limit,)).fetchall()
+        count = cur.execute(REVIEW_COUNT_SQL).fetchone()["count"]  # type: ignore[index]
+    return {"count": count, "items": [
+        {**item, "occurred_at": iso(item["occurred_at"]), "received_at": iso(item["received_at"]),
+         "can_opt_out": bool(item["subject"] and item["scope"])} for item in items]}
+
+
+def consent(conn: Conn, days: int = DAYS) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        today = cur.execute(TODAY_SQL).fetchone()["today"]  # type: ignore[index]
+        rows = cur.execute(CONSENT_SQL, {"days": days}).fetchall()
+    return {**shape_consent(rows, today, days), "review": review_queue(conn)}
+
+
+# -- Dead letters (the details page) -------------------------------------------------------------
+
+
+def dead_letter_list(conn: Conn, limit: int = 100) -> list[Row]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(DEAD_LETTER_LIST_SQL, (limit,)).fetchall()
+
+
+def dead_letter(conn: Conn, letter_id: int) -> Row | None:
+    from hookstream.dead_letters import render_bytes
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(DEAD_LETTER_SQL, (letter_id,)).fetchone()
+    if row is None:
+        return None
+    for name in ("query", "body"):
+        kind, shown = render_bytes(bytes(row[name]))
+        row[name] = {"kind": kind, "text": shown, "size": len(row[name])}
+    return row
+
+
+# -- Chart specifications (drawn by static/dashboard.js) -------------------------------------------
+
+
+def flow_charts(per_minute: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One stacked-bar chart per provider: its outcomes per minute. Pure."""
+    if not per_minute:
+        return []
+    charts = []
+    for provider in per_minute["providers"]:
+        series = [{"name": s["outcome"], "cls": f"o-{s['outcome']}", "values": s["values"]}
+                  for s in per_minute["series"] if s["provider"] == provider]
+        charts.append({"provider": provider, "spec": {"kind": "stacked", "format": "time",
+                                                       "labels": per_minute["minutes"], "series": series}})
+    return charts
+
+
+def deliverability_charts(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """One stacked-bar chart per provider: final statuses per day. Pure."""
+    return [{"provider": d["provider"],
+             "spec": {"kind": "stacked", "format": "day", "labels": section["days"],
+                      "series": [{"name": k, "cls": f"d-{k}", "values": d[k]} for k in FINAL]}}
+            for d in section.get("daily", [])]
+
+
+def consent_chart(section: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "grouped", "format": "day", "labels": section.get("days", []),
+            "series": [{"name": "opt-outs", "cls": "c-opt_out", "values": section.get("opt_outs", [])},
+                       {"name": "opt-ins", "cls": "c-opt_in", "values": section.get("opt_ins", [])}]}

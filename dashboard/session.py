@@ -1,0 +1,112 @@
+"""Browser sessions and CSRF for the dashboard.
+
+Logging in: the login form takes one of the API's tokens (HOOKSTREAM_API_TOKENS, checked by
+`ApiTokens.verify`, the API's own comparison) and answers with a session cookie:
+
+    hookstream_session = base64url(JSON {label, csrf, exp}) "." base64url(HMAC-SHA256(key, payload))
+
+signed, HttpOnly, SameSite=Strict, Path=/, Max-Age 12 h, Secure when the request came over HTTPS
+or HOOKSTREAM_DASHBOARD_COOKIE_SECURE=1 (behind a TLS-terminating proxy). The cookie names the
+token's label, never the token; a session whose label is no longer among the tokens (a revoked
+token) is refused. The key is HOOKSTREAM_DASHBOARD_SECRET, or 32 random bytes per process (then a
+restart logs everyone out, and several API replicas need the variable set to share sessions).
+
+CSRF: each session carries a random token (`csrf`), put in the page (a <meta> for the script, a
+hidden field in each form). Every POST with a session must send it back (`X-CSRF-Token` header or
+`csrf` field), compared in constant time; a POST whose Origin names another host is refused too.
+A request with `Authorization: Bearer <token>` carries no ambient credential, so needs no CSRF token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.requests import Request
+
+COOKIE = "hookstream_session"
+MAX_AGE_S = 12 * 3600
+SECRET_ENV = "HOOKSTREAM_DASHBOARD_SECRET"
+SECURE_ENV = "HOOKSTREAM_DASHBOARD_COOKIE_SECURE"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    label: str
+    csrf: str
+    expires: int
+
+
+class Signer:
+    """Issues and reads session cookies; the key never leaves this object."""
+
+    __slots__ = ("_key", "max_age_s")
+
+    def __init__(self, key: bytes, max_age_s: int = MAX_AGE_S) -> None:
+        if len(key) < 16:
+            raise ValueError("the session key must be at least 16 bytes")
+        # A key of its own for this purpose, whatever the operator gave.
+        self._key = hashlib.sha256(b"hookstream-dashboard-session\x00" + key).digest()
+        self.max_age_s = max_age_s
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Signer:
+        raw = env.get(SECRET_ENV, "").strip()
+        return cls(raw.encode() if raw else secrets.token_bytes(32))
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, label: str, now: float | None = None) -> tuple[str, Session]:
+        session = Session(label, secrets.token_urlsafe(32), int((now or time.time()) + self.max_age_s))
+        payload = _b64(orjson.dumps({"l": session.label, "c": session.csrf, "e": session.expires}))
+        return f"{payload}.{self._mac(payload)}", session
+
+    def read(self, value: str | None, now: float | None = None) -> Session | None:
+        if not value or len(value) > 4096:
+            return None
+        payload, _, mac = value.partition(".")
+        if not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+            return None
+        try:
+            data = orjson.loads(_unb64(payload))
+            session = Session(str(data["l"]), str(data["c"]), int(data["e"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return session if session.expires > (now or time.time()) else None
+
+
+def cookie_secure(request: Request, env: Mapping[str, str] = os.environ) -> bool:
+    return request.url.scheme == "https" or env.get(SECURE_ENV, "").strip() == "1"
+
+
+def csrf_ok(session: Session, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(presented.encode(), session.csrf.encode())  # type: ignore[union-attr]
+
+
+def same_origin(request: Request) -> bool:
+    """No Origin header (an old browser, a script), or one naming this host. Scheme is not compared:
+    behind a TLS-terminating proxy the app sees http while the browser says https."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    host = request.headers.get("host", "")
+    return origin != "null" and urlsplit(origin).netloc.lower() == host.lower()
