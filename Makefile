@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install run test bench clean
+.PHONY: all install run test test-faults bench clean
 
 all: install
 
@@ -18,10 +18,19 @@ run: install
 	$(VENV)/bin/hookstream run
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not faults_long"
 
+# The reliability and security suite in full: faults under load, floods, fuzzing (tests/faults).
+# Figures of the run: tests/faults/last-run.json.
+test-faults: install
+	$(PY) -m pytest -q tests/faults
+
+# make bench [BENCH_ARGS=--quick]: every benchmark, a table, bench/results.json and bench/results.png.
+# Installs the bench extras (matplotlib, py-spy) when missing. wrk is used when installed
+# (apt-get install -y wrk); without it the ingress throughput runs use bench/loadgen.py instead.
 bench: install
-	$(PY) -m bench.workers
+	@$(PY) -c "import matplotlib" 2>/dev/null && test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data

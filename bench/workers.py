@@ -141,6 +141,17 @@ def main() -> int:
     parser.add_argument("--out", default="bench/out/workers.json")
     args = parser.parse_args()
 
+    results = run(records=args.records, workers=[int(w) for w in args.workers.split(",")],
+                  per_webhook=args.per_webhook)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def run(*, records: int = 100_000, workers: list[int] | tuple[int, ...] = (1, 2), per_webhook: int = 3000) -> dict[str, Any]:
+    """The whole benchmark (its own Redis and PostgreSQL); the results as `main` prints them."""
     redis_server = RedisServer(Path(tempfile.mkdtemp(prefix="hookstream-bench-redis-")), appendfsync="everysec").start()
     postgres = PostgresServer().start()
     try:
@@ -150,31 +161,27 @@ def main() -> int:
         settings = Settings.from_env(env)
         redis = Redis.from_url(redis_server.url)
         results: dict[str, Any] = {"machine": machine()}
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for count in workers:
             reset(redis, postgres.url)
-            fill(redis, settings.stream, args.records)
-            results[f"pipeline_{workers}"] = run_pipeline(env, settings, redis, args.records, workers)
-            print(orjson.dumps({f"pipeline_{workers}": results[f"pipeline_{workers}"]}).decode(), flush=True)
+            fill(redis, settings.stream, records)
+            results[f"pipeline_{count}"] = run_pipeline(env, settings, redis, records, count)
+            print(orjson.dumps({f"pipeline_{count}": results[f"pipeline_{count}"]}).decode(), flush=True)
         reset(redis, postgres.url)
-        fill(redis, settings.stream, args.records)
-        results["raw_insert"] = run_raw_insert(postgres.url, redis, settings, args.records)
+        fill(redis, settings.stream, records)
+        results["raw_insert"] = run_raw_insert(postgres.url, redis, settings, records)
         reset(redis, postgres.url)
-        fill(redis, settings.stream, args.per_webhook)
-        results["rq_per_webhook"] = run_per_webhook(env, settings, redis, args.per_webhook)
+        fill(redis, settings.stream, per_webhook)
+        results["rq_per_webhook"] = run_per_webhook(env, settings, redis, per_webhook)
         one = results.get("pipeline_1")
         if one:
             results["ratios"] = {
                 "pipeline_1_vs_raw_insert": round(one["events_per_s"] / results["raw_insert"]["rows_per_s"], 3),
                 "pipeline_1_vs_rq_per_webhook": round(one["entries_per_s"] / results["rq_per_webhook"]["entries_per_s"], 1),
             }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     finally:
         redis_server.stop()
         postgres.remove()
-    return 0
+    return results
 
 
 if __name__ == "__main__":
