@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -69,7 +69,7 @@ def check_credentials(feed: Feed, settings: Settings, request: Request, body: by
     if token is not None:
         auth.check_token(request.scope.get("query_string", b""), request.headers.get("authorization"), token)
     if feed.signature is Signature.GATEWAYAPI_JWT and settings.gatewayapi_secret is not None:
-        auth.check_gatewayapi_jwt(request.headers, settings.gatewayapi_secret)
+        auth.check_gatewayapi_jwt(request.headers, settings.gatewayapi_secret, body)
     if feed.signature is Signature.GATEWAYAPI_HMAC and settings.gatewayapi_webhook_secret is not None:
         auth.check_gatewayapi_hmac(request.headers, body, settings.gatewayapi_webhook_secret)
 
@@ -92,6 +92,8 @@ def webhook_endpoint(feed: Feed) -> Handler:
             body = await read_body(request, settings.max_body_bytes)
         except BodyTooLarge:
             return answer(413, "too_large", f"body larger than {settings.max_body_bytes} bytes")
+        except ClientDisconnect:  # gone mid-body, or a body the HTTP parser refused: nothing to store
+            return answer(400, "disconnected")
         try:
             check_credentials(feed, settings, request, body)
         except InvalidSignature as exc:
@@ -125,12 +127,14 @@ async def healthz(request: Request) -> Response:
 
 
 def _internal_only(handler: Handler) -> Handler:
-    """Probes and metrics answer only HOOKSTREAM_METRICS_ALLOWED_IPS (the TCP peer)."""
+    """Probes and metrics answer only HOOKSTREAM_METRICS_ALLOWED_IPS, by the client address the
+    webhooks use: through a trusted proxy that is the forwarded client, not the (private) proxy."""
 
     async def guarded(request: Request) -> Response:
         settings: Settings = request.scope["state"]["settings"]
         peer = request.scope["client"][0] if request.scope.get("client") else None
-        if not settings.metrics_allowed_ips.admits(client_address(peer, (), settings.trusted_proxies)):
+        client = client_address(peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxies)
+        if not settings.metrics_allowed_ips.admits(client):
             return PlainTextResponse("forbidden", status_code=403)
         return await handler(request)
 

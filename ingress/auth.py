@@ -6,9 +6,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import warnings
 from typing import Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import jwt
 
@@ -47,16 +48,28 @@ def check_token(query: bytes, authorization: str | None, secret: Secret) -> None
     raise InvalidSignature("missing or wrong token")
 
 
+def _is_token(part: bytes) -> bool:
+    """Whether one `name=value` part of a query string is the token, read as check_token reads it."""
+    return any(key == TOKEN_PARAM for key, _ in parse_qsl(part.decode("latin-1"), keep_blank_values=True))
+
+
 def strip_token(query: bytes) -> bytes:
-    """The query string without the `token` parameter, so the secret is never stored."""
-    if TOKEN_PARAM.encode() not in query:
+    """The query string without the `token` parameter, so the secret is never stored.
+
+    Cut at the bytes: every other parameter stays exactly as sent (no decoding and re-encoding,
+    which changed the bytes and failed on text outside Latin-1).
+    """
+    if not query:
         return query
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    return urlencode([(k, v) for k, v in pairs if k != TOKEN_PARAM], encoding="latin-1").encode("latin-1")
+    return b"&".join(part for part in query.split(b"&") if not _is_token(part))
 
 
-def check_gatewayapi_jwt(headers: Mapping[str, str], secret: Secret) -> None:
-    """Legacy REST: `X-Gwapi-Signature` is an HS256 JWT over the payload; nothing else is accepted."""
+def check_gatewayapi_jwt(headers: Mapping[str, str], secret: Secret, body: bytes) -> None:
+    """Legacy REST: `X-Gwapi-Signature` is an HS256 JWT whose claims are the payload; nothing else is accepted.
+
+    GatewayAPI repeats the payload unsigned in the body, so the token alone binds nothing: every
+    field of the body must be a claim of the same value, or a captured token could carry any body.
+    """
     token = headers.get("x-gwapi-signature")
     if not token:
         raise InvalidSignature("X-Gwapi-Signature is missing")
@@ -65,11 +78,22 @@ def check_gatewayapi_jwt(headers: Mapping[str, str], secret: Secret) -> None:
             with warnings.catch_warnings():
                 # Customers pick short keys (the official example uses "secret"); start-up logs it once.
                 warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
-                jwt.decode(token, key, algorithms=["HS256"], options={"require": []})
-            return
+                claims = jwt.decode(token, key, algorithms=["HS256"], options={"require": []})
         except jwt.InvalidTokenError:
             continue
+        if not _signed_body(claims, body):
+            raise InvalidSignature("the body is not the payload X-Gwapi-Signature signs")
+        return
     raise InvalidSignature("X-Gwapi-Signature does not verify")
+
+
+def _signed_body(claims: Mapping[str, object], body: bytes) -> bool:
+    """Whether the body is a JSON object whose every field is a claim of the same value."""
+    try:
+        data = json.loads(body)  # the json module, as PyJWT decodes the claims
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond the parser
+        return False
+    return isinstance(data, dict) and all(name in claims and claims[name] == value for name, value in data.items())
 
 
 def check_gatewayapi_hmac(headers: Mapping[str, str], body: bytes, secret: Secret) -> None:
@@ -80,8 +104,9 @@ def check_gatewayapi_hmac(headers: Mapping[str, str], body: bytes, secret: Secre
         raise InvalidSignature("Signature header with a v1= value is missing")
     found = False
     for key in secret.values:
-        expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest().encode()
         for candidate in offered:
-            found |= hmac.compare_digest(expected, candidate.lower())
+            # As bytes: compare_digest refuses str with non-ASCII characters (a header may hold any).
+            found |= hmac.compare_digest(expected, candidate.lower().encode("utf-8", "replace"))
     if not found:
         raise InvalidSignature("Signature does not match the body")

@@ -13,6 +13,7 @@ from typing import Mapping
 import orjson
 
 RECORD_VERSION = 1
+MAX_RECEIVED_AT_MS = 253_402_300_800_000  # year 10000: the end of datetime's range
 
 # Headers a worker needs later (signatures are re-read, user agents help debugging).
 KEPT_HEADERS = ("content-type", "user-agent", "x-gwapi-signature", "signature")
@@ -48,16 +49,26 @@ class RawRecord:
 
     @classmethod
     def from_fields(cls, fields: Mapping[bytes, bytes], stream_id: str | None = None) -> RawRecord:
-        """Decode a stream entry; raises KeyError/ValueError on an entry that is not a record."""
+        """Decode a stream entry; raises KeyError/ValueError on an entry that is not a record.
+
+        Headers that are not a JSON object and a receive time outside datetime's range are refused
+        here: later, in the store, they would fail the whole batch (and its dead-letter job).
+        """
+        headers = orjson.loads(fields.get(b"h", b"{}"))
+        if not isinstance(headers, dict):
+            raise ValueError("headers are not a JSON object")
+        received_at_ms = int(fields[b"t"])
+        if not 0 <= received_at_ms < MAX_RECEIVED_AT_MS:
+            raise ValueError(f"receive time {received_at_ms} is out of range")
         return cls(
             provider=fields[b"p"].decode(),
             feed=fields[b"f"].decode(),
             method=fields[b"m"].decode(),
             query=fields.get(b"q", b""),
             content_type=fields.get(b"ct", b"").decode("latin-1"),
-            headers=orjson.loads(fields.get(b"h", b"{}")),
+            headers=headers,
             client=fields.get(b"ip", b"").decode(),
-            received_at_ms=int(fields[b"t"]),
+            received_at_ms=received_at_ms,
             body=fields.get(b"b", b""),
             version=int(fields.get(b"v", b"1")),
             stream_id=stream_id,
