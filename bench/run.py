@@ -35,7 +35,7 @@ import orjson
 
 from bench.common import ROOT, load_average
 
-BENCHMARKS = ("ingress", "profile", "workers", "replay", "e2e")
+BENCHMARKS = ("ingress", "profile", "workers", "replay", "e2e", "consent", "dashboard")
 
 
 def log(line: str) -> None:
@@ -130,12 +130,16 @@ def sizes(quick: bool) -> dict[str, dict[str, Any]]:
                 "profile": {"duration": 4.0, "ladder_duration": 2.0, "rounds": 1},
                 "workers": {"records": 20_000, "workers": (1, 2), "per_webhook": 500},
                 "replay": {"records": 20_000},
-                "e2e": {"rate": 1000.0, "duration": 15.0, "warmup": 3.0}}
+                "e2e": {"rate": 1000.0, "duration": 15.0, "warmup": 3.0},
+                "consent": {"count": 20_000, "people": 60_000, "per_subject_count": 2_000, "repeat": 1},
+                "dashboard": {"events": 100_000, "runs": 5}}
     return {"ingress": {"duration": 5.0, "rounds": 3, "provider_duration": 3.0, "open_duration": 15.0},
             "profile": {"duration": 6.0, "ladder_duration": 4.0, "rounds": 3},
             "workers": {"records": 100_000, "workers": (1, 2), "per_webhook": 2000},
             "replay": {"records": 100_000},
-            "e2e": {"rate": 1000.0, "duration": 60.0, "warmup": 5.0}}
+            "e2e": {"rate": 1000.0, "duration": 60.0, "warmup": 5.0},
+            "consent": {"count": 100_000, "people": 300_000, "per_subject_count": 20_000, "repeat": 3},
+            "dashboard": {"events": 1_000_000, "runs": 20}}
 
 
 def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +159,20 @@ def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
     if name == "e2e":
         from bench import e2e
         return e2e.run(log=log, **params)
+    if name == "consent":  # the consent API's bulk check (api/bench.py) on a cluster of its own
+        from api import bench as consent
+        from hookstream.embedded import PostgresServer
+        from hookstream.migrate import migrate
+
+        postgres = PostgresServer(durable=False).start()
+        try:
+            migrate(postgres.url)
+            return consent.run(postgres.url, **params)
+        finally:
+            postgres.remove()
+    if name == "dashboard":  # the dashboard's page and data endpoints over many events (dashboard/bench.py)
+        from dashboard import bench as dashboard
+        return dashboard.run(**params)
     raise ValueError(name)
 
 
@@ -272,6 +290,22 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                                  f"{_n(e['rps'], 'req/s')}, p99 {e['p99_ms']:.1f} ms, {e['cpu_us_per_request']:.0f} µs",
                                  f"as shipped {_n(base['rps'], 'req/s')}, p99 {base['p99_ms']:.1f} ms, "
                                  f"{base['cpu_us_per_request']:.0f} µs", _x(ratio_(e["rps"], base["rps"])), "–"))
+    cs = results.get("consent")
+    if cs and "scope_3669" in cs:
+        ps = cs["per_subject"]
+        for key, label in (("scope_3669", "with a scope"), ("any_scope", "without a scope")):
+            rows.append(("consent", f"bulk check of {cs['subjects']:,} subjects, {label} (first call / SQL alone)",
+                         f"{cs[key]['http_cold']:.2f} s / {cs[key]['query_only']:.2f} s",
+                         f"one query per subject: {ps['per_subject_100k']:.1f} s per 100k",
+                         _x(ratio_(ps["per_subject_100k"] * cs["subjects"] / 100_000, cs[key]["http_cold"])), "< 1 s"))
+    db = results.get("dashboard")
+    if db and "cached" in db:
+        for path in ("/", "/dashboard/data/flow", "/dashboard/data/deliverability", "/dashboard/data/consent"):
+            if path in db["cached"]:
+                rows.append(("dashboard", f"{path} with {db['events']:,} events, p50 / p95",
+                             f"{db['cached'][path]['p50_ms']} / {db['cached'][path]['p95_ms']} ms",
+                             f"uncached {db['uncached'][path]['p50_ms']} / {db['uncached'][path]['p95_ms']} ms",
+                             "–", "< 200 ms"))
     for name in BENCHMARKS:
         if isinstance(results.get(name), dict) and "error" in results[name]:
             rows.append((name, "did not run", results[name]["error"].splitlines()[-1][:80], "–", "–", "–"))
