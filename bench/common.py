@@ -225,3 +225,20 @@ def ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def stderr_log(line: str) -> None:
+    """Progress lines go to stderr, so stdout carries only the JSON result."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def emit(result: dict[str, Any], out: str) -> int:
+    """A benchmark's result: written to `out` and printed as JSON; the exit status of its main()."""
+    import orjson
+
+    data = orjson.dumps(result, option=orjson.OPT_INDENT_2)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    print(data.decode())
+    return 0

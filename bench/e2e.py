@@ -37,7 +37,8 @@ import orjson
 import psycopg
 from redis import Redis
 
-from bench.common import (ROOT, bench_env, hookstream, latency_summary_ms, load_average, stop, tree_cpu_s, wait_http)
+from bench.common import (ROOT, bench_env, emit, hookstream, latency_summary_ms, load_average, stderr_log, stop,
+                          tree_cpu_s, wait_http)
 from bench.workers import machine, remaining
 from hookstream.embedded import PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
@@ -211,12 +212,8 @@ def main() -> int:
     if args.quick:
         args.duration, args.warmup = 15.0, 3.0
     result = run(rate=args.rate, duration=args.duration, warmup=args.warmup, workers=args.workers,
-                 log=lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    return 0
+                 log=stderr_log)
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

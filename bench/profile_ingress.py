@@ -42,7 +42,7 @@ import orjson
 from redis import Redis
 
 from bench import wrk
-from bench.common import ROOT, CpuMeter, bench_env, hookstream, payload_set, stop, wait_http
+from bench.common import ROOT, CpuMeter, bench_env, emit, hookstream, payload_set, stderr_log, stop, wait_http
 from bench.workers import machine
 from hookstream.embedded import RedisServer, free_port
 
@@ -328,12 +328,8 @@ def main() -> int:
     if args.quick:
         args.duration, args.ladder_duration, args.rounds = 4.0, 2.0, 1
     result = run(duration=args.duration, ladder_duration=args.ladder_duration, rounds=args.rounds,
-                 log=lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    return 0
+                 log=stderr_log)
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

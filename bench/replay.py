@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
 import psycopg
 from prometheus_client import CollectorRegistry
 from redis import Redis
 from rq import Worker
 
-from bench.common import bench_env, hookstream, load_average, ratio, stop
+from bench.common import bench_env, emit, hookstream, load_average, ratio, stderr_log, stop
 from bench.workers import fill, machine, reset, run_pipeline
 from hookstream.embedded import PostgresServer, RedisServer
 from hookstream.migrate import migrate
@@ -113,12 +112,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.records = 20_000
-    result = run(records=args.records, workers=args.workers, log=lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    return 0
+    result = run(records=args.records, workers=args.workers, log=stderr_log)
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

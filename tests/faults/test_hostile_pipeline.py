@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from tests.faults.conftest import PipelineFactory
 from tests.faults.harness import (
-    PATHS, TRICKY_TEXTS, Load, Pipeline, Req, Requests, Secrets, _rows, count, fault, sign_hmac, sign_jwt,
+    PATHS, TRICKY_TEXTS, Load, Pipeline, Req, Requests, Secrets, _rows, count, sign_hmac, sign_jwt,
 )
 from tests.faults.test_fuzz_normalizers import BILLION_LAUGHS, QUADRATIC, XXE, json_values
 

@@ -24,7 +24,7 @@ import pytest
 
 from shared.settings import CM_RANGES
 from tests.faults.conftest import IngressFactory
-from tests.faults.harness import Pipeline, Requests, Secrets, count, p99, sign_hmac, sign_jwt
+from tests.faults.harness import Pipeline, Secrets, count, p99, sign_hmac, sign_jwt
 
 CM_IP = "31.169.56.10"
 CM_MO = b'{"reference": "r1", "from": "+31612345678", "to": "3669", "body": "hi", "groupings": ["", "", ""]}'
