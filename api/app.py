@@ -183,11 +183,7 @@ async def review_decide(request: Request) -> Response:
     except queries.CannotApply as exc:
         raise invalid(str(exc)) from None
     log.info("review decision %s on %s by %s%s", decision, event_id, label, " (repeated)" if made.repeated else "")
-    return JSONResponse({
-        "event_id": made.event_id, "subject": made.subject, "scope": made.scope, "decision": made.decision,
-        "decided_by": made.decided_by, "decided_at": iso(made.decided_at),
-        "change": made.change.as_json() if made.change else None, "repeated": made.repeated,
-    })
+    return JSONResponse(made.as_json())
 
 
 async def changes(request: Request) -> Response:

@@ -15,7 +15,7 @@ import psycopg
 from api.answers import ROW_SQL_COLUMNS, Row
 from shared.events import Event, Kind, Outcome
 from workers import consent
-from workers.publisher import FEED_SQL, Change, Position
+from workers.publisher import FEED_SQL, Change, Position, iso
 
 INVALID = "invalid"  # bulk-check state of an id that is neither a number nor known: becomes a 422
 
@@ -136,6 +136,14 @@ class Decision:
     decided_at: datetime
     change: Change | None
     repeated: bool  # the same decision had already been taken (a retry): nothing new was written
+
+    def as_json(self) -> dict[str, Any]:
+        """The answer of `POST /v1/consent/review/{event_id}` (the dashboard answers the same)."""
+        return {
+            "event_id": self.event_id, "subject": self.subject, "scope": self.scope, "decision": self.decision,
+            "decided_by": self.decided_by, "decided_at": iso(self.decided_at),
+            "change": self.change.as_json() if self.change else None, "repeated": self.repeated,
+        }
 
 
 class NotInQueue(LookupError):

@@ -43,7 +43,6 @@ def api_decider(database_url: str) -> Decider:
 
     async def decide(event_id: str, decision: str, label: str, pool: Any) -> dict[str, Any]:
         from api import queries
-        from workers.publisher import iso
 
         check_input(event_id, decision)
         try:
@@ -61,10 +60,6 @@ def api_decider(database_url: str) -> Decider:
                           decision=exc.decision, decided_by=exc.decided_by) from None
         except queries.CannotApply as exc:
             raise Refused(422, "invalid", str(exc)) from None
-        return {
-            "event_id": made.event_id, "subject": made.subject, "scope": made.scope, "decision": made.decision,
-            "decided_by": made.decided_by, "decided_at": iso(made.decided_at),
-            "change": made.change.as_json() if made.change else None, "repeated": made.repeated,
-        }
+        return made.as_json()
 
     return decide
