@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hookstream.embedded import free_port
 from shared.settings import Settings
+from tests.deploy.test_manifests import need_tool
 from tests.workers.test_pipeline import cm_mo, gw_dlr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,6 @@ DEPLOY = ROOT / "deploy"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "hookstream.json"
 PROMETHEUS = DEPLOY / "prometheus.yml"
-IN_CI = bool(os.environ.get("CI"))
 METRIC = re.compile(r"\bhookstream_[a-z0-9_]+\b")
 # What the issue asks the dashboard to show, by the metric that shows it.
 REQUIRED = {
@@ -53,15 +52,6 @@ REQUIRED = {
     "consent changes": "hookstream_worker_consent_changes_total",
     "commit lag": "hookstream_worker_commit_lag_seconds_bucket",
 }
-
-
-def need_tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    if IN_CI:
-        pytest.fail(f"`{name}` is missing; .ci/run installs the Debian package {package}")
-    pytest.skip(f"`{name}` is not installed here (apt-get install -y {package}); CI installs it")
 
 
 @cache
