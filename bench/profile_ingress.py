@@ -12,12 +12,11 @@
    known package (uvicorn's HTTP protocol, Starlette, redis-py, the ingress's own code, prometheus
    client, else the event loop), then shares × CPU per request = microseconds per request.
    The collapsed stacks are kept in bench/out/ (flamegraph.pl or speedscope read them).
-3. Experiments: the same, unchanged `hookstream ingress` started through a preamble that changes
-   one thing the profile points at, measured in interleaved rounds against the plain ingress:
-   `gc.freeze()` once start-up imports are done (CPython's full collections then stop walking
-   the ~50,000 long-lived objects of the imported modules), and the same plus redis-py's
-   pure-Python RESP packing replaced by `hiredis.pack_command` (monkeypatched in the preamble).
-   They say what a product change would buy; the product is not changed.
+3. Experiments: `hookstream ingress` started through a preamble that takes one of the product's
+   speed choices away, measured in interleaved rounds against the ingress as shipped: without
+   `gc.freeze()` at start-up (full collections walk the ~50,000 long-lived objects of the
+   imports again), and with every webhook request routed through Starlette instead of going
+   straight to its endpoint. They say what each choice buys on this machine.
 4. Micro-timings, in this process, of the per-request pieces the profile points at.
 5. The ingress's garbage collections under load (gc.callbacks in a preamble): how many, how long.
 A profile reports; it changes nothing.
@@ -48,12 +47,12 @@ from hookstream.embedded import RedisServer, free_port
 
 PREAMBLES = {
     "hookstream": "",
-    "hookstream+gc.freeze": "import gc, uvicorn, ingress.app\ngc.freeze()",
-    "hookstream+gc.freeze+hiredis": (
-        "import gc, hiredis, uvicorn, ingress.app\n"
-        "from redis.asyncio.connection import AbstractConnection\n"
-        "AbstractConnection.pack_command = lambda self, *args: [hiredis.pack_command(args)]\n"
-        "gc.freeze()"),
+    "without gc.freeze": "import gc\ngc.freeze = lambda: None",
+    "routed through Starlette": (
+        "import ingress.app\n"
+        "async def _routed(self, scope, receive, send):\n"
+        "    await self.router(scope, receive, send)\n"
+        "ingress.app.Ingress.__call__ = _routed"),
 }
 GC_PROBE = """
 import gc, os, signal, time, orjson
@@ -165,7 +164,7 @@ def micro_timings() -> dict[str, float]:
     from redis.asyncio.connection import Connection
 
     from bench.payloads import records
-    from ingress.client import client_address
+    from ingress.client import ClientAddresses, client_address
     from ingress.metrics import IngressMetrics
     from shared.settings import NetList
 
@@ -175,6 +174,7 @@ def micro_timings() -> dict[str, float]:
     connection = Connection()
     allowed, trusted = NetList.parse("127.0.0.1/32"), NetList()
     metrics = IngressMetrics()
+    clients = ClientAddresses(trusted)
 
     def timed(func: Callable[[], object], n: int = 20_000) -> float:
         runs = []
@@ -201,7 +201,9 @@ def micro_timings() -> dict[str, float]:
         "hiredis_pack_command_xadd_us": timed(lambda: hiredis.pack_command(tuple(args))),
         "raw_record_to_fields_us": timed(record.to_fields),
         "client_address_and_allow_list_us": timed(lambda: allowed.admits(client_address("127.0.0.1", [], trusted))),
+        "client_address_memoized_us": timed(lambda: clients.resolve("127.0.0.1", ())),
         "metrics_counter_labels_inc_us": timed(lambda: metrics.requests.labels("cm", "mo", "accepted").inc()),
+        "metrics_count_memoized_us": timed(lambda: metrics.count("cm", "mo", "accepted")),
         "metrics_histogram_observe_us": timed(lambda: metrics.append_seconds.observe(0.001)),
         "future_suspend_resume_bare_us": uvloop.run(suspend_once()),
     }

@@ -8,7 +8,7 @@ processes, and reports each figure next to a baseline measured in the same run o
   framework's ceiling) and the naive INSERT-per-request design; closed loop with wrk, open loop at
   a fixed rate with bench/loadgen.py; appendfsync always against everysec;
 - profile (bench/profile_ingress.py): py-spy on the ingress under load, a ladder from the bare
-  server to the ingress, and experiments (gc.freeze, hiredis packing) on the unchanged product;
+  server to the ingress, and experiments that take one speed choice away (gc.freeze, the direct webhook path);
 - workers (bench/workers.py): the pipeline draining 100,000 records with 1 and 2 worker processes,
   against the raw INSERT ceiling and one RQ job per webhook;
 - replay (bench/replay.py): `workers.replay.replay` over 100,000 entries against the live pipeline;
@@ -283,10 +283,10 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
         ex = pf.get("experiments", {})
         if "hookstream" in ex:
             base = ex["hookstream"]
-            for name in ("hookstream+gc.freeze", "hookstream+gc.freeze+hiredis"):
+            for name in ("without gc.freeze", "routed through Starlette"):
                 if name in ex:
                     e = ex[name]
-                    rows.append(("profile", f"experiment: {name.split('+', 1)[1]}",
+                    rows.append(("profile", f"experiment: {name}",
                                  f"{_n(e['rps'], 'req/s')}, p99 {e['p99_ms']:.1f} ms, {e['cpu_us_per_request']:.0f} µs",
                                  f"as shipped {_n(base['rps'], 'req/s')}, p99 {base['p99_ms']:.1f} ms, "
                                  f"{base['cpu_us_per_request']:.0f} µs", _x(ratio_(e["rps"], base["rps"])), "–"))

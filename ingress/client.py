@@ -45,3 +45,26 @@ def client_address(peer: str | None, forwarded_for: Iterable[str], trusted: NetL
         if not trusted.admits(address):
             return address
     return peer_address
+
+
+class ClientAddresses:
+    """`client_address` remembered per (peer, X-Forwarded-For): providers call from a handful of
+    addresses, and parsing them on every request was a visible share of the ingress's CPU. The
+    memo is bounded: when full it starts over, so a flood of new addresses costs only the parse."""
+
+    def __init__(self, trusted: NetList, size: int = 4096) -> None:
+        self._trusted = trusted
+        self._size = size
+        self._memo: dict[tuple[str | None, tuple[str, ...]], IPAddress | None] = {}
+
+    def resolve(self, peer: str | None, forwarded_for: tuple[str, ...]) -> IPAddress | None:
+        key = (peer, forwarded_for)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        address = client_address(peer, forwarded_for, self._trusted)
+        if len(self._memo) >= self._size:
+            self._memo.clear()
+        self._memo[key] = address
+        return address

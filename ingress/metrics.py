@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 
 class IngressMetrics:
@@ -14,6 +15,7 @@ class IngressMetrics:
             ["provider", "feed", "outcome"],
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, str], MetricWrapperBase] = {}
         self.append_seconds = Histogram(
             "hookstream_ingress_append_seconds",
             "Time from a request's append call until Redis held the record.",
@@ -25,3 +27,11 @@ class IngressMetrics:
             "Appends that failed (answered 503).",
             registry=self.registry,
         )
+
+    def count(self, provider: str, feed: str, outcome: str) -> None:
+        """One request answered; the labelled child is looked up once per label set, not per request."""
+        key = (provider, feed, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(provider, feed, outcome)
+        child.inc()  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import logging
 import socket
 from typing import Awaitable, Callable, Iterable
 
-from shared.settings import CM_RANGES, GATEWAYAPI_DNS, LOOPBACK, NetList, Settings
+from shared.settings import CM_RANGES, GATEWAYAPI_DNS, LOOPBACK, IPAddress, NetList, Settings
 
 log = logging.getLogger("hookstream.ingress")
 
@@ -74,8 +74,21 @@ class SourcePolicy:
         }
         for provider, default in defaults.items():
             self._static.setdefault(provider, default)
+        self._memo: dict[tuple[str, IPAddress | None], bool] = {}
+        self._memo_dns = gatewayapi_dns.current
 
     def allowed(self, provider: str) -> NetList:
         static = self._static.get(provider)
         base = static if static is not None else self._gatewayapi_dns.current
         return base.plus(self._extra) if self._extra.networks else base
+
+    def admits(self, provider: str, client: IPAddress | None, memo_size: int = 4096) -> bool:
+        """`allowed(provider).admits(client)`, remembered until the GatewayAPI list changes."""
+        if self._memo_dns is not self._gatewayapi_dns.current or len(self._memo) >= memo_size:
+            self._memo.clear()
+            self._memo_dns = self._gatewayapi_dns.current
+        key = (provider, client)
+        decision = self._memo.get(key)
+        if decision is None:
+            decision = self._memo[key] = self.allowed(provider).admits(client)
+        return decision

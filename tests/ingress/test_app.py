@@ -252,3 +252,35 @@ def test_local_profile_admits_loopback_everywhere(ingress: Factory) -> None:
     client = ingress("127.0.0.1", local_profile=True)
     assert client.post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers=JSON).status_code == 200
     assert client.post("/webhooks/gatewayapi", content=b"{}", headers=JSON).status_code == 200
+
+
+def test_direct_path_answers_as_the_router_does(ingress: Factory, redis_client: redis.Redis) -> None:
+    """Exact (path, method) matches skip Starlette's router; near misses still get its answers."""
+    client = ingress()
+    direct = client.post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers=JSON)
+    assert (direct.status_code, direct.content, direct.headers["content-length"]) == (200, b"", "0")
+    refused = ingress(OUTSIDE_IP).post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers=JSON)
+    assert refused.headers["content-type"] == "text/plain; charset=utf-8"
+    assert refused.text == "source address not allowed"
+    redirected = client.post("/webhooks/cm/mo/", content=BRIEF_CM_MO, headers=JSON, follow_redirects=False)
+    assert redirected.status_code == 307
+    assert client.get("/webhooks/cm/status").headers["allow"] == "POST"
+    assert len(stored(redis_client)) == 1
+
+
+def test_repeated_kept_headers_store_the_first(ingress: Factory, redis_client: redis.Redis) -> None:
+    client = ingress()
+    headers = [("content-type", "application/json"), ("content-type", "text/plain"), ("user-agent", "CM/1")]
+    assert client.post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers=headers).status_code == 200
+    record = stored(redis_client)[0]
+    assert record.content_type == "application/json"
+    assert record.headers == {"content-type": "application/json", "user-agent": "CM/1"}
+
+
+def test_a_refused_append_is_503_and_the_next_lands(ingress: Factory, redis_client: redis.Redis) -> None:
+    redis_client.set("hookstream:raw", "not a stream")
+    client = ingress()
+    assert client.post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers=JSON).status_code == 503
+    redis_client.delete("hookstream:raw")
+    assert client.post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers=JSON).status_code == 200
+    assert len(stored(redis_client)) == 1

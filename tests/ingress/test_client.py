@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from ingress.client import client_address, parse_address
+from ingress.client import ClientAddresses, client_address, parse_address
 from shared.settings import NetList
 
 TRUSTED = NetList.parse("10.0.0.0/8,fd00::/8")
@@ -42,3 +42,14 @@ def test_client_address(label: str, peer: str | None, xff: list[str], expected: 
 @pytest.mark.parametrize("text", ["", "abc", "1.2.3.4.5", "[::1", "999.1.1.1", "\x00"])
 def test_parse_address_rejects_garbage(text: str) -> None:
     assert parse_address(text) is None
+
+
+def test_memoized_addresses_equal_the_walk() -> None:
+    trusted = NetList.parse("10.0.0.0/8")
+    clients = ClientAddresses(trusted, size=3)
+    cases = [("10.0.0.1", ("1.2.3.4",)), ("10.0.0.1", ("junk",)), ("5.6.7.8", ()), ("10.0.0.1", ("1.2.3.4, 10.0.0.9",)),
+             (None, ()), ("10.0.0.1", ("1.2.3.4",))]
+    for _ in range(2):
+        for peer, forwarded in cases:
+            assert clients.resolve(peer, forwarded) == client_address(peer, forwarded, trusted)
+    assert len(clients._memo) <= 3

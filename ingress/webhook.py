@@ -1,0 +1,153 @@
+"""One provider feed's route as a plain ASGI app: source (403) → size (413) → signature or token
+(401) → append (200, or 503 so the provider retries).
+
+It reads the ASGI scope and messages itself instead of building Starlette requests and
+responses: at thousands of requests per second that framework work cost more CPU than every
+check here together (measured by the ingress profile). Starlette still routes everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable, Iterable, MutableMapping, TypedDict
+
+from redis.asyncio import Redis
+
+from ingress import auth
+from ingress.appender import Appender
+from ingress.client import ClientAddresses
+from ingress.metrics import IngressMetrics
+from ingress.routes import Feed, Signature
+from ingress.sources import SourcePolicy
+from shared.errors import InvalidSignature, StoreUnavailable
+from shared.record import KEPT_HEADERS, RawRecord
+from shared.settings import Settings
+
+log = logging.getLogger("hookstream.ingress")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+READ_HEADERS = frozenset(name.encode() for name in (*KEPT_HEADERS, "content-length", "authorization"))
+EMPTY = [(b"content-length", b"0")]
+
+
+class State(TypedDict):
+    settings: Settings
+    redis: Redis
+    appender: Appender
+    sources: SourcePolicy
+    clients: ClientAddresses
+    metrics: IngressMetrics
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Disconnected(Exception):
+    pass
+
+
+def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The headers the ingress reads (the first of repeated ones) and every X-Forwarded-For line."""
+    found: dict[str, str] = {}
+    forwarded: list[str] = []
+    for name, value in raw:
+        if name == b"x-forwarded-for":
+            forwarded.append(value.decode("latin-1"))
+        elif name in READ_HEADERS:
+            found.setdefault(name.decode(), value.decode("latin-1"))
+    return found, tuple(forwarded)
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body, refused early on Content-Length and while streaming when there is none."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":  # gone mid-body, or a body the HTTP parser refused
+            raise Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def check_credentials(feed: Feed, settings: Settings, query: bytes, headers: dict[str, str], body: bytes) -> None:
+    token = settings.tokens.get(feed.provider)
+    if token is not None:
+        auth.check_token(query, headers.get("authorization"), token)
+    if feed.signature is Signature.GATEWAYAPI_JWT and settings.gatewayapi_secret is not None:
+        auth.check_gatewayapi_jwt(headers, settings.gatewayapi_secret, body)
+    if feed.signature is Signature.GATEWAYAPI_HMAC and settings.gatewayapi_webhook_secret is not None:
+        auth.check_gatewayapi_hmac(headers, body, settings.gatewayapi_webhook_secret)
+
+
+class WebhookEndpoint:
+    """The ASGI app of one feed's route; the lifespan's State arrives in every request's scope."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: State = scope["state"]
+        feed, settings = self.feed, state["settings"]
+        headers, forwarded = read_headers(scope["headers"])
+        peer = scope["client"][0] if scope.get("client") else None
+        client = state["clients"].resolve(peer, forwarded)
+        if not state["sources"].admits(feed.provider, client):
+            log.warning("refused %s/%s from %s: not in the allow-list", feed.provider, feed.feed, client or peer)
+            return await self._answer(state, send, "forbidden", 403, b"source address not allowed")
+        try:
+            body = await read_body(receive, headers.get("content-length"), settings.max_body_bytes)
+        except BodyTooLarge:
+            text = f"body larger than {settings.max_body_bytes} bytes".encode()
+            return await self._answer(state, send, "too_large", 413, text)
+        except Disconnected:  # nothing to store, and nobody left to answer
+            return await self._answer(state, send, "disconnected", 400)
+        query: bytes = scope.get("query_string", b"")
+        try:
+            check_credentials(feed, settings, query, headers, body)
+        except InvalidSignature as exc:
+            return await self._answer(state, send, "unauthorized", 401, str(exc).encode())
+        record = RawRecord(
+            provider=feed.provider,
+            feed=feed.feed,
+            method=scope["method"],
+            query=auth.strip_token(query),
+            content_type=headers.get("content-type", ""),
+            headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+            client=str(client) if client is not None else "",
+            received_at_ms=time.time_ns() // 1_000_000,
+            body=body,
+        )
+        started = time.perf_counter()
+        try:
+            await state["appender"].append(record.to_fields())
+        except StoreUnavailable as exc:
+            state["metrics"].append_errors.inc()
+            log.error("append failed, answering 503: %s", exc)
+            return await self._answer(state, send, "unavailable", 503, b"temporarily unavailable, retry later")
+        state["metrics"].append_seconds.observe(time.perf_counter() - started)
+        await self._answer(state, send, "accepted", 200)
+
+    async def _answer(self, state: State, send: Send, outcome: str, status: int, text: bytes = b"") -> None:
+        state["metrics"].count(self.feed.provider, self.feed.feed, outcome)
+        await answer(send, status, text)
+
+
+async def answer(send: Send, status: int, text: bytes = b"") -> None:
+    """An empty answer, or a short plain-text one (the same bytes Starlette's responses sent)."""
+    headers = EMPTY if not text else [
+        (b"content-length", str(len(text)).encode()), (b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text})
