@@ -18,7 +18,7 @@
    imports again), and with every webhook request routed through Starlette instead of going
    straight to its endpoint. They say what each choice buys on this machine.
 4. Micro-timings, in this process, of the per-request pieces the profile points at.
-5. The ingress's garbage collections under load (gc.callbacks in a preamble): how many, how long.
+5. The ingress's garbage collections while serving (gc.callbacks in a preamble): how many, how long.
 A profile reports; it changes nothing.
 """
 
@@ -60,7 +60,7 @@ _gc = {"started": {}, "pauses": {0: [], 1: [], 2: []}}
 def _probe(phase, info):
     if phase == "start":
         _gc["started"] = time.perf_counter()
-    else:
+    elif gc.get_freeze_count():  # serving: start-up (imports, the freeze's own collect) is not counted
         _gc["pauses"][info["generation"]].append(time.perf_counter() - _gc["started"])
 gc.callbacks.append(_probe)
 def _dump(*_):
@@ -218,7 +218,7 @@ def _summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _gc_summary(path: Path, runs: list[dict[str, Any]], warm_up_requests: int) -> dict[str, Any]:
-    """Collections over the plain ingress's whole life (warm-up and rounds), per request it answered."""
+    """Collections of the plain ingress while serving (warm-up and rounds), per request it answered."""
     try:
         pauses = orjson.loads(path.read_bytes())
     except (OSError, ValueError):

@@ -106,9 +106,10 @@ def create_app(settings: Settings, *, redis: Redis | None = None, resolver: Reso
                            settings.gatewayapi_dns_refresh_s)
         dns_task = asyncio.create_task(dns.run()) if settings.allowed_ips.get("gatewayapi") is None else None
         log_start_notes(settings)
-        appender = Appender(client, settings.stream)
+        metrics = IngressMetrics()
+        appender = Appender(client, settings.stream, on_batch=metrics.append_batch_size.observe)
         state = State(settings=settings, redis=client, appender=appender, sources=SourcePolicy(settings, dns),
-                      clients=ClientAddresses(settings.trusted_proxies), metrics=IngressMetrics())
+                      clients=ClientAddresses(settings.trusted_proxies), metrics=metrics)
         if freeze_gc:
             gc.collect()
             gc.freeze()

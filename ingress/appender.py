@@ -7,13 +7,15 @@ StoreUnavailable (503).
 
 Commands are packed by hiredis when the request arrives and written as one buffer: redis-py's
 pipeline object spent more CPU per request than the rest of the ingress together (measured by
-the ingress profile). redis-py still owns the connection: URL, TLS, AUTH, timeouts.
+the ingress profile). redis-py still makes the connection (URL, TLS, AUTH) with the client's
+settings, except the per-read socket timeout: the round trip has one deadline of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from itertools import chain
+from typing import Any, Callable
 
 import hiredis
 from redis.asyncio import Redis
@@ -26,36 +28,39 @@ _Pending = tuple[bytes, "asyncio.Future[bytes]"]
 
 
 class Appender:
-    def __init__(self, redis: Redis, stream: str, *, max_batch: int = 512, timeout_s: float = 2.0) -> None:
+    def __init__(self, redis: Redis, stream: str, *, max_batch: int = 512, timeout_s: float = 2.0,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        """`on_batch` sees the size of every round trip (how much coalescing the load allows)."""
         self._redis = redis
+        self._on_batch = on_batch
         self._stream = stream.encode()
         self._max_batch = max_batch
         self._timeout_s = timeout_s
         self._pending: list[_Pending] = []
         self._drain_task: asyncio.Task[None] | None = None
-        self._connection: AbstractConnection | None = None
+        pool = redis.connection_pool
+        self._connection: AbstractConnection = pool.connection_class(
+            **{**pool.connection_kwargs, "socket_timeout": None})
 
     async def append(self, fields: dict[bytes, bytes]) -> bytes:
         """The new entry's stream id, once Redis holds it."""
-        command = [b"XADD", self._stream, b"*"]
-        for name, value in fields.items():
-            command += (name, value)
+        command = hiredis.pack_command((b"XADD", self._stream, b"*", *chain.from_iterable(fields.items())))
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending.append((hiredis.pack_command(tuple(command)), future))
+        self._pending.append((command, future))
         if self._drain_task is None:
             self._drain_task = asyncio.create_task(self._drain())
         return await future
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._redis.connection_pool.release(self._connection)
-            self._connection = None
+        await self._connection.disconnect()
 
     async def _drain(self) -> None:
         try:
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
+                if self._on_batch is not None:
+                    self._on_batch(len(batch))
                 await self._send(batch)
         finally:
             self._drain_task = None
@@ -65,7 +70,8 @@ class Appender:
             async with asyncio.timeout(self._timeout_s):
                 results = await self._round_trip([command for command, _ in batch])
         except Exception as exc:  # any failure of the round trip: nothing in it is acknowledged
-            await self._drop_connection()
+            # The connection may hold unread replies: it starts afresh on the next round trip.
+            await self._connection.disconnect(nowait=True)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(StoreUnavailable(f"append failed: {type(exc).__name__}"))
@@ -79,8 +85,6 @@ class Appender:
                 future.set_result(result)
 
     async def _round_trip(self, commands: list[bytes]) -> list[Any]:
-        if self._connection is None:
-            self._connection = await self._redis.connection_pool.get_connection()
         connection = self._connection
         await connection.send_packed_command(b"".join(commands), check_health=False)
         results: list[Any] = []
@@ -90,10 +94,3 @@ class Appender:
             except ResponseError as exc:  # the reply was read: the connection is still in step
                 results.append(exc)
         return results
-
-    async def _drop_connection(self) -> None:
-        """After a failure the connection may hold unread replies: it is never used again."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.disconnect(nowait=True)
-            await self._redis.connection_pool.release(connection)

@@ -22,6 +22,12 @@ class IngressMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.append_batch_size = Histogram(
+            "hookstream_ingress_append_batch_size",
+            "Requests appended per Redis round trip (coalesced while the previous one was in flight).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
         self.append_errors = Counter(
             "hookstream_ingress_append_errors",
             "Appends that failed (answered 503).",
