@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 
 from dashboard import PUBLIC_PATHS, Dashboard
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from api import cursor, inputs, queries
@@ -207,6 +207,21 @@ async def openapi(request: Request) -> Response:
     return Response(request.app.state.openapi, media_type="application/json")
 
 
+async def healthz(request: Request) -> Response:
+    """The process answers (liveness): Postgres being down must not restart it."""
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    """Postgres answers (readiness): while it does not, the API would only give 503s."""
+    try:
+        async with _state(request)["pool"].connection(timeout=1.0) as conn:
+            await conn.execute("SELECT 1")
+    except (psycopg.Error, PoolTimeout):
+        return PlainTextResponse("postgres unreachable", status_code=503)
+    return PlainTextResponse("ready")
+
+
 # Errors → JSON. Starlette raises HTTPException for 404/405 itself.
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
@@ -264,6 +279,8 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
 
     routes = [
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/v1/consent/check", check, methods=["POST"]),
         Route("/v1/consent/review", review_list, methods=["GET"]),
         Route("/v1/consent/review/{event_id:path}", review_decide, methods=["POST"]),
@@ -277,6 +294,6 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
     }
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers,
                     middleware=[Middleware(BearerAuth, tokens=tokens,
-                                           public=frozenset({"/openapi.json"}) | PUBLIC_PATHS)])
+                                           public=frozenset({"/openapi.json", "/healthz", "/readyz"}) | PUBLIC_PATHS)])
     app.state.openapi = orjson.dumps(document())
     return app

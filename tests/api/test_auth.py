@@ -43,6 +43,13 @@ def test_the_openapi_document_is_public(api: TestClient) -> None:
     assert response.json()["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
+@pytest.mark.integration
+def test_probes_need_no_token(api: TestClient) -> None:
+    api.headers.pop("authorization", None)
+    assert api.get("/healthz").text == "ok"
+    assert api.get("/readyz").text == "ready"
+
+
 def test_labels_and_bare_secrets() -> None:
     tokens = ApiTokens.parse(f" alice:{SECRET} , {BARE},,ops.team@example:s3cr:et ")
     expected = "token-" + hashlib.sha256(BARE.encode()).hexdigest()[:8]

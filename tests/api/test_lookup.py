@@ -127,3 +127,6 @@ def test_postgres_unreachable_is_a_503_not_a_500(tokens) -> None:  # noqa: ANN00
         response = client.get(f"/v1/consent/{NUMBER}")
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["error"] == "unavailable"
+        client.headers.pop("authorization")
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 503

@@ -5,7 +5,8 @@ strict: unknown fields are errors) checks every built-in kind, also as a CLI run
 `jsonschema` checks the KEDA objects against the openAPIV3Schema of the CRDs in crds/ (hand-written
 subsets, see their header); `kubectl kustomize` builds deploy/kubernetes; `docker-compose config`
 (Debian's docker-compose) reads deploy/compose.yaml; `systemd-analyze verify` reads the units; the
-`hookstream` argument parser and `Settings.from_env` read the commands and the settings.
+`hookstream` argument parser, `Settings.from_env` and `ApiConfig.from_env` read the commands and the
+settings; the API app itself answers its probe path.
 
 Hand-written here: the cross-references (selectors, ports, probes, names of ConfigMaps, Secrets and
 keys), the shutdown budgets, and the short table of KEDA trigger parameters (TRIGGER_PARAMETERS).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import configparser
 import copy
+import inspect
 import ipaddress
 import os
 import re
@@ -25,6 +27,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,7 +39,12 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 from rq import Queue
+from starlette.testclient import TestClient
 
+from api.app import create_app
+from api.auth import ApiTokens
+from api.cli import ApiConfig
+from dashboard import Dashboard
 from hookstream import cli
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -202,12 +210,15 @@ class _RecordingEnv(dict):  # type: ignore[type-arg]
 
 @cache
 def variables_the_code_reads() -> frozenset[str]:
-    """HOOKSTREAM_* names read by Settings.from_env (asked, not grepped: it builds some names from
-    the provider list) and the ones spelt out in shared/settings.py and hookstream/cli.py."""
+    """HOOKSTREAM_* names read by Settings.from_env and ApiConfig.from_env (asked, not grepped:
+    Settings builds some names from the provider list) and the ones spelt out in the modules that
+    read the environment: the settings, the commands, the API's and the dashboard's."""
     recorder = _RecordingEnv()
     Settings.from_env(recorder)
+    ApiConfig.from_env(recorder)
     names = {name for name in recorder.names if name.startswith("HOOKSTREAM_")}
-    for source in (ROOT / "shared" / "settings.py", ROOT / "hookstream" / "cli.py"):
+    for source in (ROOT / "shared" / "settings.py", ROOT / "hookstream" / "cli.py", ROOT / "api" / "cli.py",
+                   ROOT / "api" / "auth.py", ROOT / "dashboard" / "app.py", ROOT / "dashboard" / "session.py"):
         names |= set(re.findall(r"[\"'](HOOKSTREAM_[A-Z0-9_]+)[\"']", source.read_text(encoding="utf-8")))
     return frozenset(names)
 
@@ -384,7 +395,7 @@ def test_every_workload_selector_matches_its_own_pods_and_no_other() -> None:
         assert selects(workload["spec"]["selector"], labels), f"{name}: selector does not match its pod labels"
         assert selected_workloads(workload["spec"]["selector"]) == [name], f"{name}: selector also matches other pods"
     components = {w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads()}
-    assert components == {"ingress", "dispatch", "worker", "migrate"}
+    assert components == {"ingress", "dispatch", "worker", "migrate", "api"}
 
 
 def _container_port(container: dict[str, Any], port: int | str) -> int:
@@ -394,15 +405,21 @@ def _container_port(container: dict[str, Any], port: int | str) -> int:
     pytest.fail(f"container {container['name']} declares no port {port!r}")
 
 
-def test_service_selects_the_ingress_pods_on_its_declared_port() -> None:
-    (service,) = objects("Service")
-    ingress = by_component("ingress")
-    assert selected_workloads({"matchLabels": service["spec"]["selector"]}) == [ingress["metadata"]["name"]]
-    (container,) = pod_spec(ingress)["containers"]
-    args = parse_command(container["command"])
-    assert args.command == "ingress" and args.host == "0.0.0.0"
-    for port in service["spec"]["ports"]:
-        assert _container_port(container, port["targetPort"]) == args.port == 8000
+# Service → (the component it fronts, the port that component's command listens on).
+SERVICES = {"hookstream-ingress": ("ingress", 8000), "hookstream-api": ("api", 8080)}
+
+
+def test_services_select_their_pods_on_the_declared_port() -> None:
+    assert {service["metadata"]["name"] for service in objects("Service")} == set(SERVICES)
+    for name, (component, listen) in SERVICES.items():
+        service = one("Service", name)
+        workload = by_component(component)
+        assert selected_workloads({"matchLabels": service["spec"]["selector"]}) == [workload["metadata"]["name"]]
+        (container,) = pod_spec(workload)["containers"]
+        args = parse_command(container["command"])
+        assert args.command == component and args.host == "0.0.0.0"
+        for port in service["spec"]["ports"]:
+            assert _container_port(container, port["targetPort"]) == args.port == listen
 
 
 def test_probes_hit_healthz_and_readyz_on_the_ingress_port() -> None:
@@ -415,6 +432,35 @@ def test_probes_hit_healthz_and_readyz_on_the_ingress_port() -> None:
     app_source = (ROOT / "ingress" / "app.py").read_text(encoding="utf-8")
     assert 'Route("/healthz", healthz' in app_source
     assert 'Route("/readyz", _internal_only(readyz)' in app_source
+
+
+API_LIVENESS, API_READINESS = "/healthz", "/readyz"
+
+
+def test_api_probes_hit_a_route_that_needs_no_token_on_the_api_port() -> None:
+    (container,) = pod_spec(by_component("api"))["containers"]
+    args = parse_command(container["command"])
+    readiness, liveness = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert (liveness["path"], readiness["path"]) == (API_LIVENESS, API_READINESS)
+    assert _container_port(container, readiness["port"]) == _container_port(container, liveness["port"]) == args.port
+    assert "httpHeaders" not in readiness and "httpHeaders" not in liveness, "a probe cannot hold a Secret's token"
+
+
+def test_the_api_probes_answer_without_a_token() -> None:
+    """The real app with Postgres unreachable: liveness answers 200 and readiness 503 to anyone,
+    while a consent route refuses a request without a token. With a token, /metrics does not
+    exist: nothing for Prometheus to scrape (deploy/prometheus.yml has no API job)."""
+    settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none", redis_url="redis://127.0.0.1:1/0")
+    tokens = ApiTokens.parse("probe:" + "x" * 32)
+    dashboard = Dashboard(settings, tokens, env={})
+    try:
+        with TestClient(create_app(settings, tokens, dashboard=dashboard)) as client:
+            assert client.get(API_LIVENESS).status_code == 200
+            assert client.get(API_READINESS).status_code == 503
+            assert client.get("/v1/consent/changes").status_code == 401
+            assert client.get("/metrics", headers={"Authorization": "Bearer " + "x" * 32}).status_code == 404
+    finally:
+        dashboard.close()
 
 
 def test_kubelet_probe_addresses_are_admitted_to_readyz() -> None:
@@ -433,9 +479,10 @@ def test_pod_disruption_budgets_select_existing_pods() -> None:
         (selected,) = matched
         covered.add(one("Deployment", selected)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"])
         assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
-    assert covered == {"ingress", "worker"}
-    # minAvailable 1 on the ingress leaves room to drain only with more than one replica.
-    assert by_component("ingress")["spec"]["replicas"] >= 2
+    assert covered == {"ingress", "worker", "api"}
+    # minAvailable 1 leaves room to drain only with more than one replica.
+    for component in ("ingress", "api"):
+        assert by_component(component)["spec"]["replicas"] >= 2, component
 
 
 def test_config_and_secret_references_name_defined_objects_and_keys() -> None:
@@ -495,12 +542,41 @@ def test_each_workload_gets_only_the_secrets_it_needs() -> None:
     def env(component: str) -> set[str]:
         return set().union(*(_env_names(c) for c in containers(by_component(component))))
 
+    api_secrets = set(secret_data(one("Secret", "hookstream-api")))
+    provider_secrets = set(secret_data(one("Secret", "hookstream-providers")))
     assert "HOOKSTREAM_DATABASE_URL" not in env("ingress"), "the ingress never connects to Postgres"
     assert "HOOKSTREAM_REDIS_URL" in env("ingress")
+    assert not api_secrets & env("ingress"), "the ingress never sees the API's tokens"
     for component in ("dispatch", "worker"):
         assert {"HOOKSTREAM_REDIS_URL", "HOOKSTREAM_DATABASE_URL"} <= env(component)
-        assert not any(name.endswith(("_TOKEN", "_SECRET")) for name in env(component)), component
+        assert not any(name.endswith(("_TOKEN", "_TOKENS", "_SECRET")) for name in env(component)), component
     assert "HOOKSTREAM_DATABASE_URL" in env("migrate")
+    # The API: Postgres, Redis for the dashboard's flow numbers, its own tokens, no provider secret.
+    assert {"HOOKSTREAM_DATABASE_URL", "HOOKSTREAM_REDIS_URL", "HOOKSTREAM_API_TOKENS"} <= env("api")
+    assert not provider_secrets & env("api"), "the API never takes webhooks"
+
+
+def test_api_tokens_come_from_the_api_secret_with_no_usable_placeholder() -> None:
+    (container,) = pod_spec(by_component("api"))["containers"]
+    assert {"secretRef": {"name": "hookstream-api"}} in container["envFrom"]
+    secret = secret_data(one("Secret", "hookstream-api"))
+    assert set(secret) == {"HOOKSTREAM_API_TOKENS", "HOOKSTREAM_DASHBOARD_SECRET"}
+    # No token anyone could guess ships in the template: as it stands, the API refuses to start.
+    env = {**one("ConfigMap", "hookstream-config")["data"], **secret}
+    assert not ApiConfig.from_env(env).tokens
+    # What an operator writes there parses: labelled tokens, two of them during a rotation.
+    assert ApiTokens.parse("crm:" + "a" * 48 + ",crm-next:" + "b" * 48).labels == ("crm", "crm-next")
+
+
+def test_the_api_refuses_to_start_without_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    """What Compose (empty HOOKSTREAM_API_TOKENS), the Secret template and a systemd unit without
+    api.env lead to: a clear message and status 2 (hookstream-api.service does not retry on 2)."""
+    args = parse_command(["hookstream", "api"])
+    settings = Settings.from_env({})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("HOOKSTREAM_API_TOKENS", raising=False)
+        assert args.handler(settings, args) == 2
+    assert "HOOKSTREAM_API_TOKENS is not set" in capsys.readouterr().err
 
 
 def test_configmap_and_secret_template_are_valid_settings() -> None:
@@ -519,8 +595,9 @@ def test_kubernetes_commands_are_real_hookstream_subcommands() -> None:
         assert container["image"] == "hookstream:latest"
         args = parse_command(container["command"])
         commands[args.command] = args
-    assert set(commands) == {"ingress", "dispatch", "worker", "migrate"}
+    assert set(commands) == {"ingress", "dispatch", "worker", "migrate", "api"}
     assert commands["worker"].processes == 2 and not commands["worker"].burst
+    assert commands["api"].host == "0.0.0.0" and commands["api"].port == 8080
     assert by_component("dispatch")["spec"]["replicas"] == 2
 
 
@@ -531,14 +608,14 @@ def _compose() -> dict[str, Any]:
 
 def test_compose_services_run_real_hookstream_subcommands() -> None:
     services = _compose()["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "ingress", "dispatch", "worker",
+    assert set(services) == {"redis", "postgres", "migrate", "ingress", "dispatch", "worker", "api",
                              "prometheus", "grafana"}  # the last two: tests/deploy/test_grafana.py
     subcommands = {}
     for name, service in services.items():
         if service.get("image") == "hookstream:latest":
             subcommands[name] = parse_command(service["command"])
     assert {name: args.command for name, args in subcommands.items()} == {
-        "migrate": "migrate", "ingress": "ingress", "dispatch": "dispatch", "worker": "worker"}
+        "migrate": "migrate", "ingress": "ingress", "dispatch": "dispatch", "worker": "worker", "api": "api"}
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert "HOOKSTREAM_DATABASE_URL" not in services["ingress"]["environment"]
     redis = services["redis"]
@@ -546,6 +623,19 @@ def test_compose_services_run_real_hookstream_subcommands() -> None:
     assert "./redis.conf:/etc/redis/redis.conf:ro" in redis["volumes"]
     conf = (DEPLOY / "redis.conf").read_text(encoding="utf-8")
     assert re.search(r"^appendonly yes$", conf, re.M) and re.search(r"^maxmemory-policy noeviction$", conf, re.M)
+
+
+def test_compose_api_service_is_reachable_on_loopback_and_checked_on_the_probe_path() -> None:
+    api = _compose()["services"]["api"]
+    args = parse_command(api["command"])
+    assert api["ports"] == [f"127.0.0.1:{args.port}:{args.port}"], "the API and its dashboard stay on loopback"
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert f"http://127.0.0.1:{args.port}{API_LIVENESS}" in api["healthcheck"]["test"][-1]
+    # From the environment, with no default: unset, the API refuses to start (see above).
+    assert api["environment"]["HOOKSTREAM_API_TOKENS"] == "${HOOKSTREAM_API_TOKENS:-}"
+    for name, service in _compose()["services"].items():
+        if name != "api":
+            assert "HOOKSTREAM_API_TOKENS" not in (service.get("environment") or {}), name
 
 
 def _systemd_units() -> dict[str, configparser.ConfigParser]:
@@ -565,7 +655,16 @@ def test_systemd_units_start_real_hookstream_subcommands() -> None:
         assert argv[0].startswith("/"), f"{name}: ExecStart needs an absolute path"
         started[name] = parse_command(argv).command
     assert started == {"hookstream-dispatch.service": "dispatch", "hookstream-ingress.service": "ingress",
-                       "hookstream-worker@.service": "worker"}
+                       "hookstream-worker@.service": "worker", "hookstream-api.service": "api"}
+    # The API's tokens live in a file of its own, which no other unit reads (read as text: the
+    # parser above keeps only the last of repeated keys).
+    for path in sorted(SYSTEMD.glob("*.service")):
+        files = re.findall(r"^EnvironmentFile=-?(\S+)$", path.read_text(encoding="utf-8"), re.M)
+        assert "/etc/hookstream/env" in files, path.name
+        assert ("/etc/hookstream/api.env" in files) == (path.name == "hookstream-api.service"), path.name
+    api = _systemd_units()["hookstream-api.service"]["Service"]
+    assert parse_command(shlex.split(api["ExecStart"])).host == "127.0.0.1"
+    assert api["RestartPreventExitStatus"] == "2", "a configuration error (exit 2) must not be retried forever"
 
 
 # -- shutdown, sizing, hardening -----------------------------------------------------------------
@@ -577,30 +676,47 @@ def _seconds(value: str | int) -> int:
     return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
 
 
-def _uvicorn_drain_s() -> int:
-    match = re.search(r"timeout_graceful_shutdown=(\d+)", (ROOT / "hookstream" / "cli.py").read_text(encoding="utf-8"))
-    assert match, "hookstream/cli.py no longer sets uvicorn's timeout_graceful_shutdown: review the ingress budgets"
+def _uvicorn_drain_s(source: str = "hookstream/cli.py") -> int:
+    match = re.search(r"timeout_graceful_shutdown=(\d+)", (ROOT / source).read_text(encoding="utf-8"))
+    assert match, f"{source} no longer sets uvicorn's timeout_graceful_shutdown: review the shutdown budgets"
     return int(match.group(1))
 
 
 def test_shutdown_budgets_let_work_in_flight_finish() -> None:
     job_timeout = settings_from_manifests().job_timeout_s
     worker_budget = job_timeout + WORKER_STOP_MARGIN_S
-    # Kubernetes: the worker finishes its batch; the ingress leaves the Service, then drains.
+    # The HTTP servers (uvicorn) drain for as long as the command that starts them says.
+    servers = {"ingress": ("hookstream-ingress.service", _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S),
+               "api": ("hookstream-api.service", _uvicorn_drain_s("api/cli.py") + INGRESS_STOP_MARGIN_S)}
+    # Kubernetes: the worker finishes its batch; the servers leave their Service, then drain.
     assert pod_spec(by_component("worker"))["terminationGracePeriodSeconds"] >= worker_budget
-    ingress = pod_spec(by_component("ingress"))
-    (container,) = ingress["containers"]
-    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert pre_stop[0] == "sleep"
-    assert ingress["terminationGracePeriodSeconds"] >= _seconds(pre_stop[1]) + _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S
+    for component, (_, budget) in servers.items():
+        spec = pod_spec(by_component(component))
+        (container,) = spec["containers"]
+        pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep", component
+        assert spec["terminationGracePeriodSeconds"] >= _seconds(pre_stop[1]) + budget, component
     # Compose: its default of 10 s would SIGKILL a worker in the middle of a batch.
     services = _compose()["services"]
     assert _seconds(services["worker"]["stop_grace_period"]) >= worker_budget
-    assert _seconds(services["ingress"]["stop_grace_period"]) >= _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S
     # systemd.
     units = _systemd_units()
     assert _seconds(units["hookstream-worker@.service"]["Service"]["TimeoutStopSec"]) >= worker_budget
-    assert _seconds(units["hookstream-ingress.service"]["Service"]["TimeoutStopSec"]) >= _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S
+    for component, (unit, budget) in servers.items():
+        assert _seconds(services[component]["stop_grace_period"]) >= budget, component
+        assert _seconds(units[unit]["Service"]["TimeoutStopSec"]) >= budget, unit
+
+
+def test_the_image_holds_every_package_hookstream_installs() -> None:
+    """`pip install .` in the Dockerfile installs what was copied: a package left out (hookstream/cli.py
+    imports the api command) breaks every command in the image."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.M))
+    assert packages <= copied, f"the Dockerfile copies no {sorted(packages - copied)}"
+    exposed = {int(port) for line in re.findall(r"^EXPOSE (.+)$", dockerfile, re.M) for port in line.split()}
+    assert exposed >= {port for _, port in SERVICES.values()}
 
 
 def test_containers_have_requests_limits_and_run_as_the_image_user() -> None:
@@ -663,6 +779,10 @@ def test_worker_fleet_fits_the_inflight_cap_and_postgres() -> None:
     assert max_processes <= settings.max_inflight_batches
     connections = (max_processes * settings.pg_pool_size
                    + by_component("dispatch")["spec"]["replicas"] + 1)  # + one each dispatcher, + migrate
+    # Each API pod: its own pool, and the dashboard's.
+    api_pool = ApiConfig.from_env({**one("ConfigMap", "hookstream-config")["data"], "HOOKSTREAM_API_TOKENS": "x"}).pool_size
+    dashboard_pool = inspect.signature(Dashboard).parameters["pool_size"].default
+    connections += by_component("api")["spec"]["replicas"] * (api_pool + dashboard_pool)
     assert connections <= POSTGRES_MAX_CONNECTIONS
 
 
@@ -682,6 +802,9 @@ def test_docker_compose_config_accepts_the_compose_file() -> None:
     assert set(services["ingress"]["environment"]) >= {"HOOKSTREAM_REDIS_URL"}
     assert "HOOKSTREAM_DATABASE_URL" not in services["ingress"]["environment"]
     assert services["worker"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # Unset in the environment, the API gets no token at all (and refuses to start), never a default.
+    assert services["api"]["environment"]["HOOKSTREAM_API_TOKENS"] in ("", None)
+    assert {"HOOKSTREAM_DATABASE_URL", "HOOKSTREAM_REDIS_URL"} <= set(services["api"]["environment"])
 
 
 def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
