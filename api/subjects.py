@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from api import fastphone
+from shared import fastphone
 from shared.phones import SHORT_CODE_MAX_DIGITS, normalize_phone
 
 MAX_SUBJECT_CHARS = 64

@@ -60,18 +60,21 @@ class RawRecord:
         received_at_ms = int(fields[b"t"])
         if not 0 <= received_at_ms < MAX_RECEIVED_AT_MS:
             raise ValueError(f"receive time {received_at_ms} is out of range")
+        get = fields.get
+        # Positional, in field order (the order the values are read, so the same error comes first):
+        # a worker decodes every entry, and keyword arguments cost ~1 µs of the ~3 µs of the call.
         return cls(
-            provider=fields[b"p"].decode(),
-            feed=fields[b"f"].decode(),
-            method=fields[b"m"].decode(),
-            query=fields.get(b"q", b""),
-            content_type=fields.get(b"ct", b"").decode("latin-1"),
-            headers=headers,
-            client=fields.get(b"ip", b"").decode(),
-            received_at_ms=received_at_ms,
-            body=fields.get(b"b", b""),
-            version=int(fields.get(b"v", b"1")),
-            stream_id=stream_id,
+            fields[b"p"].decode(),  # provider
+            fields[b"f"].decode(),  # feed
+            fields[b"m"].decode(),  # method
+            get(b"q", b""),  # query
+            get(b"ct", b"").decode("latin-1"),  # content_type
+            headers,
+            get(b"ip", b"").decode(),  # client
+            received_at_ms,
+            get(b"b", b""),  # body
+            int(get(b"v", b"1")),  # version
+            stream_id,
         )
 
     @property

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from shared.errors import ParseError
-from shared.events import Event, Kind, Outcome
+from shared.events import Event, Kind, Outcome, amend
 from shared.keywords import KeywordPolicy, classify, normalize
 from shared.providers import REGISTRY, ParseContext
 from shared.record import RawRecord
@@ -58,14 +58,9 @@ def classify_inbound(event: Event, ctx: NormalizeContext) -> Event:
     if match.leased_keyword:
         scope = f"{scope}/{match.leased_keyword}" if scope else scope
         body = strip_leased(body or "", match.leased_keyword)
-    return dataclasses.replace(
-        event,
-        body=body,
-        outcome=match.outcome,
-        keyword=match.keyword,
-        consent=match.outcome if match.outcome in CONSENT_OUTCOMES else None,
-        scope=scope or None,
-    )
+    outcome = match.outcome
+    return amend(event, body=body, outcome=outcome, keyword=match.keyword,
+                 consent=outcome if outcome in CONSENT_OUTCOMES else None, scope=scope or None)
 
 
 def normalize_entry(stream_id: str, fields: Mapping[bytes, bytes], ctx: NormalizeContext) -> Entry:
@@ -73,18 +68,17 @@ def normalize_entry(stream_id: str, fields: Mapping[bytes, bytes], ctx: Normaliz
         record = RawRecord.from_fields(fields, stream_id)
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         return Entry(stream_id, fields, None, dead_reason=f"not a hookstream record: {exc!r}")
-    entry = Entry(stream_id, fields, record)
     provider = REGISTRY.get(record.provider)
     if provider is None or record.feed not in provider.FEEDS:
-        return entry.as_dead(f"unknown provider/feed {record.provider}/{record.feed}")
+        return Entry(stream_id, fields, record, dead_reason=f"unknown provider/feed {record.provider}/{record.feed}")
     try:
         events = provider.parse(record, ctx.parse)
     except ParseError as exc:
-        return entry.as_dead(f"parse error: {exc}")
+        return Entry(stream_id, fields, record, dead_reason=f"parse error: {exc}")
     except Exception as exc:  # a normalizer bug must cost one dead letter, not the batch
-        return entry.as_dead(f"normalizer failed: {type(exc).__name__}: {exc}")
+        return Entry(stream_id, fields, record, dead_reason=f"normalizer failed: {type(exc).__name__}: {exc}")
     if not events:
-        return entry.as_dead("no events in the record")
+        return Entry(stream_id, fields, record, dead_reason="no events in the record")
     classified = tuple(classify_inbound(e, ctx) if e.kind is Kind.INBOUND else e for e in events)
     return Entry(stream_id, fields, record, classified)
 

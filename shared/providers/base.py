@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 from xml.etree.ElementTree import Element
 
 import orjson
@@ -49,19 +49,29 @@ def json_object(record: RawRecord) -> dict[str, Any]:
     return value
 
 
-def _decode(text: str) -> str:
-    """Percent-decoded bytes (carried as Latin-1 characters) as text: UTF-8 first, ISO-8859-15
-    when the bytes are not UTF-8 (the older smsmode API is Latin-based)."""
-    raw = text.encode("latin-1")
+def _decode(raw: bytes) -> str:
+    """Percent-decoded bytes as text: UTF-8 first, ISO-8859-15 when the bytes are not UTF-8 (the
+    older smsmode API is Latin-based)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("iso-8859-15")
 
 
-def _pairs(data: bytes) -> list[tuple[str, str]]:
-    # Latin-1 maps every byte to one character and back, so no escape or raw byte is lost.
-    return parse_qsl(data.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+def _pairs(data: bytes) -> list[tuple[bytes, bytes]]:
+    """`parse_qsl(keep_blank_values=True)` on the raw bytes: `&` separates, the first `=` splits,
+    `+` is a space, `%XX` a byte. On the bytes themselves every raw byte is kept, as parse_qsl
+    over a Latin-1 view kept it, at about half the cost."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for field in data.split(b"&"):
+        if field:
+            name, _, value = field.replace(b"+", b" ").partition(b"=")
+            pairs.append((_unquote(name), _unquote(value)))
+    return pairs
+
+
+def _unquote(raw: bytes) -> bytes:
+    return unquote_to_bytes(raw) if b"%" in raw else raw
 
 
 def query_params(record: RawRecord) -> dict[str, str]:
@@ -91,6 +101,8 @@ def looks_like_xml(record: RawRecord) -> bool:
 
 def text_or_none(value: object) -> str | None:
     """A provider scalar as text: None and "" become None, numbers become their digits."""
+    if type(value) is str:  # nearly every call: first, before the isinstance checks
+        return value.strip() or None
     if value is None or isinstance(value, (dict, list)):
         return None
     if isinstance(value, bool):

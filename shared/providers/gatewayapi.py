@@ -20,7 +20,6 @@ normalize_phone makes 8+ digits E.164 and leaves short codes (≤ 6 digits, e.g.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -138,13 +137,14 @@ def _envelope(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
         raise ParseError(f"'event' of a {event_type} envelope is {type(event).__name__}, expected an object")
     event = event if isinstance(event, dict) else {}
     # The envelope's event_id is the natural key of every event type.
-    base = Event(NAME, feed, kind, natural_key(NAME, kind, event_id), payload=body, provider_event_id=event_id)
+    base: dict[str, Any] = {"provider": NAME, "feed": feed, "kind": kind, "payload": body,
+                            "dedupe_key": natural_key(NAME, kind, event_id), "provider_event_id": event_id}
     if kind is Kind.STATUS:
         recipient = _scalar(event.get("recipient"), "event.recipient", ints=True)
         raw_status = _scalar(event.get("status"), "event.status", required=True)
         status, reason = _status(raw_status)
-        return replace(
-            base,
+        return Event(
+            **base,
             occurred_at=_iso(event.get("status_at"), "event.status_at") or _iso(body.get("timestamp"), "timestamp"),
             message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True, required=True),
             phone=normalize_phone(recipient, ctx.default_region),
@@ -163,8 +163,8 @@ def _envelope(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
         content = event.get("content")
         if content is not None and not isinstance(content, dict):
             raise ParseError(f"'event.content' is {type(content).__name__}, expected an object")
-        return replace(
-            base,
+        return Event(
+            **base,
             occurred_at=_iso(event.get("sent_at"), "event.sent_at") or _iso(body.get("timestamp"), "timestamp"),
             message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True),
             phone=normalize_phone(sender, ctx.default_region),
@@ -175,8 +175,8 @@ def _envelope(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
         )
     # Location/file messages and types not known yet: kept whole, read leniently.
     sender = _lenient(event.get("sender"))
-    return replace(
-        base,
+    return Event(
+        **base,
         occurred_at=_iso(body.get("timestamp"), "timestamp"),
         message_ref=_lenient(event.get("msg_id")),
         phone=normalize_phone(sender, ctx.default_region),
@@ -191,7 +191,10 @@ def _status(raw: str | None) -> tuple[Status, Reason | None]:
 
 
 def _has(body: dict[str, Any], *names: str) -> bool:
-    return any(body.get(name) is not None for name in names)
+    for name in names:  # a loop, not any(…): called for every legacy webhook
+        if body.get(name) is not None:
+            return True
+    return False
 
 
 def _scalar(value: object, name: str, *, ints: bool = False, required: bool = False) -> str | None:

@@ -1,15 +1,17 @@
-"""A faster, equal `normalize_phone` for the one form that dominates bulk checks: `+` and digits.
+"""A faster, equal phone parse for the one form that dominates provider traffic: `+` and digits.
 
 Why: `phonenumbers.parse` costs ~13 µs a number, mostly in generic work (RFC 3966 contexts,
 extensions, Unicode digits, vanity letters) that a string of ASCII digits never needs: 100,000
-subjects spent 1.3 s there, more than the whole check's target. This runs the steps `parse` runs
+subjects spent 1.3 s there in the API's bulk check, and a worker meets a new number in most
+webhooks. `shared.phones` and `api.subjects` both use it. This runs the steps `parse` runs
 for `+<ASCII digits>` with no region — country code, national prefix, lengths, Italian leading
-zeros — then the same length test and E.164 formatting as `shared.phones`: 3–4× faster.
+zeros — then the same length test and E.164 formatting as `shared.phones._parse`: 3–4× faster.
 
 It uses private functions of phonenumbers, so it is enabled only for the version it was checked
-against (VERIFIED_VERSION); any other version falls back to `normalize_phone` (slower, same
-answers). tests/api/test_units.py compares it with `normalize_phone` on random and listed inputs;
-after a phonenumbers upgrade, run those tests with the new version and update VERIFIED_VERSION.
+against (VERIFIED_VERSION); any other version falls back to phonenumbers (slower, same answers).
+tests/shared/test_phones.py and tests/api/test_units.py compare it with the phonenumbers path on
+random and listed inputs; after a phonenumbers upgrade, run them with the new version and update
+VERIFIED_VERSION.
 """
 
 from __future__ import annotations
