@@ -11,6 +11,7 @@ processes, and reports each figure next to a baseline measured in the same run o
   server to the ingress, and experiments that take one speed choice away (gc.freeze, the direct webhook path);
 - workers (bench/workers.py): the pipeline draining 100,000 records with 1 and 2 worker processes,
   against the raw INSERT ceiling and one RQ job per webhook;
+- worker_profile (bench/profile_workers.py): a worker's CPU per entry, phase by phase, in one process;
 - replay (bench/replay.py): `workers.replay.replay` over 100,000 entries against the live pipeline;
 - e2e (bench/e2e.py): ack-to-commit lag at a steady 1,000 req/s for 60 s through every process.
 `--quick` shrinks every size (about 3 minutes in all). Benchmarks report; nothing is asserted.
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +37,7 @@ import orjson
 
 from bench.common import ROOT, load_average
 
-BENCHMARKS = ("ingress", "profile", "workers", "replay", "e2e", "consent", "dashboard")
+BENCHMARKS = ("ingress", "profile", "workers", "worker_profile", "replay", "e2e", "consent", "dashboard")
 
 
 def log(line: str) -> None:
@@ -129,6 +131,7 @@ def sizes(quick: bool) -> dict[str, dict[str, Any]]:
         return {"ingress": {"duration": 2.0, "rounds": 1, "provider_duration": 2.0, "open_duration": 5.0},
                 "profile": {"duration": 4.0, "ladder_duration": 2.0, "rounds": 1},
                 "workers": {"records": 20_000, "workers": (1, 2), "per_webhook": 500},
+                "worker_profile": {"records": 10_000, "rounds": 3},
                 "replay": {"records": 20_000},
                 "e2e": {"rate": 1000.0, "duration": 15.0, "warmup": 3.0},
                 "consent": {"count": 20_000, "people": 60_000, "per_subject_count": 2_000, "repeat": 1},
@@ -136,6 +139,7 @@ def sizes(quick: bool) -> dict[str, dict[str, Any]]:
     return {"ingress": {"duration": 5.0, "rounds": 3, "provider_duration": 3.0, "open_duration": 15.0},
             "profile": {"duration": 6.0, "ladder_duration": 4.0, "rounds": 3},
             "workers": {"records": 100_000, "workers": (1, 2), "per_webhook": 2000},
+            "worker_profile": {"records": 20_000, "rounds": 5},
             "replay": {"records": 100_000},
             "e2e": {"rate": 1000.0, "duration": 60.0, "warmup": 5.0},
             "consent": {"count": 100_000, "people": 300_000, "per_subject_count": 20_000, "repeat": 3},
@@ -153,6 +157,11 @@ def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
         from bench import workers
         with contextlib.redirect_stdout(sys.stderr):  # it prints its progress as JSON lines
             return workers.run(**params)
+    if name == "worker_profile":  # its own process: it settles that process's heap, as a worker does
+        out = subprocess.run([sys.executable, "-m", "bench.profile_workers", "--postgres", "--records",
+                              str(params["records"]), "--rounds", str(params["rounds"])],
+                             capture_output=True, check=True, cwd=ROOT)
+        return orjson.loads(out.stdout)
     if name == "replay":
         from bench import replay
         return replay.run(log=log, **params)
@@ -290,6 +299,14 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                                  f"{_n(e['rps'], 'req/s')}, p99 {e['p99_ms']:.1f} ms, {e['cpu_us_per_request']:.0f} µs",
                                  f"as shipped {_n(base['rps'], 'req/s')}, p99 {base['p99_ms']:.1f} ms, "
                                  f"{base['cpu_us_per_request']:.0f} µs", _x(ratio_(e["rps"], base["rps"])), "–"))
+    wp = results.get("worker_profile")
+    if wp and "us_per_entry" in wp:
+        us = wp["us_per_entry"]
+        rows.append(("workers", "  CPU µs per entry: decode / normalize (fresh) / store rows / write (CPU, wall)",
+                     f"{us['from_fields']:.0f} / {us['normalize_warm']:.0f} ({us['normalize_cold']:.0f}) / "
+                     f"{us['store_params']:.0f} / {us.get('write_entries_cpu', 0):.0f}, "
+                     f"{us.get('write_entries_wall', 0):.0f}",
+                     f"orjson.loads of the body alone {us['floor_json_loads']:.1f}", "–", "–"))
     cs = results.get("consent")
     if cs and "scope_3669" in cs:
         ps = cs["per_subject"]
