@@ -268,6 +268,14 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
         rows.append(("workers", "batching vs one RQ job per webhook", _n(wk["pipeline_1"]["entries_per_s"], "entries/s"),
                      f"per webhook {_n(wk['rq_per_webhook']['entries_per_s'], 'entries/s')}",
                      _x(wk.get("ratios", {}).get("pipeline_1_vs_rq_per_webhook")), "–"))
+    wp = results.get("worker_profile")
+    if wp and "us_per_entry" in wp:
+        us = wp["us_per_entry"]
+        rows.append(("workers", "  CPU µs per entry: decode / normalize, warm (fresh) / rows / write CPU, wall",
+                     f"{us['from_fields']:.0f} / {us['normalize_warm']:.0f} ({us['normalize_cold']:.0f}) / "
+                     f"{us['store_params']:.0f} / {us.get('write_entries_cpu', 0):.0f}, "
+                     f"{us.get('write_entries_wall', 0):.0f}",
+                     f"orjson.loads of the body alone {us['floor_json_loads']:.1f}", "–", "–"))
     rp = results.get("replay")
     if rp and "replay" in rp:
         live = rp["live_pipeline"]
@@ -299,14 +307,6 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                                  f"{_n(e['rps'], 'req/s')}, p99 {e['p99_ms']:.1f} ms, {e['cpu_us_per_request']:.0f} µs",
                                  f"as shipped {_n(base['rps'], 'req/s')}, p99 {base['p99_ms']:.1f} ms, "
                                  f"{base['cpu_us_per_request']:.0f} µs", _x(ratio_(e["rps"], base["rps"])), "–"))
-    wp = results.get("worker_profile")
-    if wp and "us_per_entry" in wp:
-        us = wp["us_per_entry"]
-        rows.append(("workers", "  CPU µs per entry: decode / normalize (fresh) / store rows / write (CPU, wall)",
-                     f"{us['from_fields']:.0f} / {us['normalize_warm']:.0f} ({us['normalize_cold']:.0f}) / "
-                     f"{us['store_params']:.0f} / {us.get('write_entries_cpu', 0):.0f}, "
-                     f"{us.get('write_entries_wall', 0):.0f}",
-                     f"orjson.loads of the body alone {us['floor_json_loads']:.1f}", "–", "–"))
     cs = results.get("consent")
     if cs and "scope_3669" in cs:
         ps = cs["per_subject"]
