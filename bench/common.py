@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from bench.payloads import records
-from hookstream.embedded import free_port
+from hookstream.embedded import PostgresServer, free_port
 from ingress.routes import FEEDS
 from shared.settings import PROVIDERS
 
@@ -147,6 +147,12 @@ def system_busy() -> tuple[float, float]:
     parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = parts[3] + parts[4]
     return float(sum(parts) - idle), float(sum(parts))
+
+
+def postmaster_pid(postgres: PostgresServer) -> int:
+    """The pid of an embedded PostgreSQL's postmaster: its tree holds every backend."""
+    assert postgres.data_dir is not None
+    return int((postgres.data_dir / "cluster" / "postmaster.pid").read_text().split("\n", 1)[0])
 
 
 def tree_cpu_s(root: int) -> float:

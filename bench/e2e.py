@@ -38,7 +38,7 @@ import psycopg
 from redis import Redis
 
 from bench.common import (ROOT, bench_env, emit, hookstream, latency_summary_ms, load_average, stderr_log, stop,
-                          tree_cpu_s, wait_http)
+                          postmaster_pid, tree_cpu_s, wait_http)
 from bench.workers import machine, remaining
 from hookstream.embedded import PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
@@ -130,7 +130,7 @@ def run(*, rate: float = 1000.0, duration: float = 60.0, warmup: float = 5.0, wo
         start = datetime.now(timezone.utc)
         cpu_before = {name: tree_cpu_s(p.pid) for name, p in zip(("ingress", "dispatch", "workers"), procs)}
         cpu_before["redis"] = tree_cpu_s(redis_server.proc.pid)  # type: ignore[union-attr]
-        cpu_before["postgres"] = tree_cpu_s(_postmaster(postgres))
+        cpu_before["postgres"] = tree_cpu_s(postmaster_pid(postgres))
         t0 = time.perf_counter()
         http = loadgen(port, rate, duration, skip=0)
         sent_for = time.perf_counter() - t0
@@ -139,7 +139,7 @@ def run(*, rate: float = 1000.0, duration: float = 60.0, warmup: float = 5.0, wo
         cpu = {name: round((tree_cpu_s(p.pid) - cpu_before[name]) / elapsed, 2)
                for name, p in zip(("ingress", "dispatch", "workers"), procs)}
         cpu["redis"] = round((tree_cpu_s(redis_server.proc.pid) - cpu_before["redis"]) / elapsed, 2)  # type: ignore[union-attr]
-        cpu["postgres"] = round((tree_cpu_s(_postmaster(postgres)) - cpu_before["postgres"]) / elapsed, 2)
+        cpu["postgres"] = round((tree_cpu_s(postmaster_pid(postgres)) - cpu_before["postgres"]) / elapsed, 2)
         time.sleep(0.3)  # the worker observes its histogram right after the commit
         hist_after = lag_histogram(settings.worker_metrics_port)
 
@@ -178,11 +178,6 @@ def run(*, rate: float = 1000.0, duration: float = 60.0, warmup: float = 5.0, wo
         redis_server.stop()
         shutil.rmtree(redis_server.data_dir, ignore_errors=True)
         postgres.remove()
-
-
-def _postmaster(postgres: PostgresServer) -> int:
-    assert postgres.data_dir is not None
-    return int((postgres.data_dir / "cluster" / "postmaster.pid").read_text().split("\n", 1)[0])
 
 
 def _timeline(rows: list[tuple[Any, Any, Any]], first: datetime, step_s: int = 5) -> list[dict[str, Any]]:

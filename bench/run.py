@@ -268,6 +268,16 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
         rows.append(("workers", "batching vs one RQ job per webhook", _n(wk["pipeline_1"]["entries_per_s"], "entries/s"),
                      f"per webhook {_n(wk['rq_per_webhook']['entries_per_s'], 'entries/s')}",
                      _x(wk.get("ratios", {}).get("pipeline_1_vs_rq_per_webhook")), "–"))
+        cores = results.get("machine", {}).get("cpus") or 1
+        for n in (1, 2):
+            cpu = wk.get(f"pipeline_{n}", {}).get("cpu_us_per_entry")
+            if cpu:
+                rows.append(("workers", f"  CPU µs per entry with {n} worker process{'es' if n > 1 else ''}: "
+                             "workers / dispatch / redis / postgres",
+                             " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("workers", "dispatch", "redis", "postgres")),
+                             f"total {sum(cpu.values()):.0f} µs: {cores * 1e6 / sum(cpu.values()):,.0f} entries/s "
+                             f"would fill {cores} cores",
+                             "–", "–"))
     wp = results.get("worker_profile")
     if wp and "us_per_entry" in wp:
         us = wp["us_per_entry"]
