@@ -8,6 +8,7 @@ and dead-lettered.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Any, Mapping
@@ -107,12 +108,15 @@ def observe(metrics: WorkerMetrics, mode: str, entries: list[Entry], result: Wri
     metrics.batch_size.observe(len(entries))
     metrics.batch_seconds.observe(seconds)
     committed_at = time.time()
-    for entry in entries:
-        metrics.observe_events(entry.events)
-        if entry.dead_reason is not None:
-            metrics.dead_letters.labels(entry.record.provider if entry.record else "unknown").inc()
-        elif mode == "live" and entry.record is not None:
-            metrics.commit_lag.observe(max(committed_at - entry.record.received_at_ms / 1000, 0.0))
+    metrics.observe_events(event for entry in entries for event in entry.events)
+    dead = collections.Counter(entry.record.provider if entry.record else "unknown"
+                               for entry in entries if entry.dead_reason is not None)
+    for provider, count in dead.items():
+        metrics.dead_letters.labels(provider).inc(count)
+    if mode == "live":
+        for entry in entries:
+            if entry.dead_reason is None and entry.record is not None:
+                metrics.commit_lag.observe(max(committed_at - entry.record.received_at_ms / 1000, 0.0))
     for change in result.changes:
         metrics.consent_changes.labels(change["outcome"]).inc()
 
