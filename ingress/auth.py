@@ -17,6 +17,7 @@ from shared.errors import InvalidSignature
 from shared.settings import Secret
 
 TOKEN_PARAM = "token"
+TOKEN_PARAM_BYTES = TOKEN_PARAM.encode()
 
 
 def _matches(candidate: str, secret: Secret) -> bool:
@@ -49,7 +50,14 @@ def check_token(query: bytes, authorization: str | None, secret: Secret) -> None
 
 
 def _is_token(part: bytes) -> bool:
-    """Whether one `name=value` part of a query string is the token, read as check_token reads it."""
+    """Whether one `name=value` part of a query string is the token, read as check_token reads it.
+
+    A name without `%` or `+` decodes to itself: compared as bytes, with no parsing (smsmode sends
+    every field in the query string, so this runs for each of them on every request).
+    """
+    name = part.partition(b"=")[0]
+    if b"%" not in name and b"+" not in name:
+        return name == TOKEN_PARAM_BYTES
     return any(key == TOKEN_PARAM for key, _ in parse_qsl(part.decode("latin-1"), keep_blank_values=True))
 
 

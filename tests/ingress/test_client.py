@@ -53,3 +53,15 @@ def test_memoized_addresses_equal_the_walk() -> None:
         for peer, forwarded in cases:
             assert clients.resolve(peer, forwarded) == client_address(peer, forwarded, trusted)
     assert len(clients._memo) <= 3
+
+
+def test_token_detection_reads_names_as_the_query_parser_does() -> None:
+    """The byte comparison for plain names agrees with parse_qsl on names that need decoding too."""
+    from urllib.parse import parse_qsl
+
+    from ingress.auth import _is_token
+
+    for part in (b"token=x", b"token", b"tokens=x", b"%74oken=x", b"t%6Fken", b"to+ken=1", b"=token", b"token=%20",
+                 b"Token=x", b"numero=%2B33612345678", b"", b"%", b"\xfftoken=1"):
+        expected = any(k == "token" for k, _ in parse_qsl(part.decode("latin-1"), keep_blank_values=True))
+        assert _is_token(part) == expected, part
