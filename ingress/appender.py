@@ -52,6 +52,15 @@ class Appender:
         return await future
 
     async def close(self) -> None:
+        """At shutdown: a round trip still in flight fails its requests (503), then the connection closes."""
+        task = self._drain_task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(StoreUnavailable("append failed: shutting down"))
+        self._pending.clear()
         await self._connection.disconnect()
 
     async def _drain(self) -> None:
@@ -59,22 +68,24 @@ class Appender:
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                if self._on_batch is not None:
-                    self._on_batch(len(batch))
                 await self._send(batch)
         finally:
             self._drain_task = None
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
             async with asyncio.timeout(self._timeout_s):
                 results = await self._round_trip([command for command, _ in batch])
-        except Exception as exc:  # any failure of the round trip: nothing in it is acknowledged
-            # The connection may hold unread replies: it starts afresh on the next round trip.
-            await self._connection.disconnect(nowait=True)
+        except BaseException as exc:  # a failed round trip, or a cancellation: nothing in it is acknowledged
             for _, future in batch:
                 if not future.done():
                     future.set_exception(StoreUnavailable(f"append failed: {type(exc).__name__}"))
+            # The connection may hold unread replies: it starts afresh on the next round trip.
+            await self._connection.disconnect(nowait=True)
+            if not isinstance(exc, Exception):
+                raise
             return
         for (_, future), result in zip(batch, results):
             if future.done():

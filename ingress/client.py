@@ -8,14 +8,14 @@ applies). uvicorn's own proxy handling is off, since it would believe the left-m
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 from shared.settings import IPAddress, NetList
 
 
 def parse_address(text: str) -> IPAddress | None:
     """An address from `a.b.c.d`, `a.b.c.d:port`, `v6`, `[v6]` or `[v6]:port`; IPv4-mapped unmapped."""
-    text = text.strip()
+    text = _without_zone(text.strip())
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -30,6 +30,16 @@ def parse_address(text: str) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def _without_zone(text: str) -> str:
+    """`fe80::1%eth0` → `fe80::1`, in brackets too: a zone names a local interface, not a host, and
+    `ipaddress` would keep one of any length in the address (and so in the stored record)."""
+    start = text.find("%")
+    if start < 0 or ":" not in text[:start]:  # IPv6 only: `1.2.3.4%x` stays a non-address
+        return text
+    end = text.find("]", start)
+    return text[:start] + (text[end:] if end >= 0 else "")
 
 
 def client_address(peer: str | None, forwarded_for: Iterable[str], trusted: NetList) -> IPAddress | None:
@@ -48,23 +58,41 @@ def client_address(peer: str | None, forwarded_for: Iterable[str], trusted: NetL
 
 
 class ClientAddresses:
-    """`client_address` remembered per (peer, X-Forwarded-For): providers call from a handful of
-    addresses, and parsing them on every request was a visible share of the ingress's CPU. The
-    memo is bounded: when full it starts over, so a flood of new addresses costs only the parse."""
+    """`client_address`, remembered: providers call from a handful of addresses, and parsing them on
+    every request was a visible share of the ingress's CPU.
 
-    def __init__(self, trusted: NetList, size: int = 4096) -> None:
+    The memos are bounded (when full they start over) and keyed on what the walk reads: the peer,
+    and the X-Forwarded-For lines only behind a trusted proxy and only when short, so a sender
+    cannot make them hold thousands of copies of a huge header.
+    """
+
+    def __init__(self, trusted: NetList, size: int = 4096, header_bytes: int = 256) -> None:
         self._trusted = trusted
         self._size = size
-        self._memo: dict[tuple[str | None, tuple[str, ...]], IPAddress | None] = {}
+        self._header_bytes = header_bytes
+        self._peers: dict[str | None, IPAddress | None] = {}
+        self._forwarded: dict[tuple[str | None, tuple[str, ...]], IPAddress | None] = {}
 
     def resolve(self, peer: str | None, forwarded_for: tuple[str, ...]) -> IPAddress | None:
-        key = (peer, forwarded_for)
-        try:
-            return self._memo[key]
-        except KeyError:
-            pass
-        address = client_address(peer, forwarded_for, self._trusted)
-        if len(self._memo) >= self._size:
-            self._memo.clear()
-        self._memo[key] = address
-        return address
+        peer_address = _remember(self._peers, peer, self._size, lambda: parse_address(peer) if peer else None)
+        if peer_address is None or not forwarded_for or not self._trusted.admits(peer_address):
+            return peer_address
+        if sum(map(len, forwarded_for)) > self._header_bytes:
+            return client_address(peer, forwarded_for, self._trusted)
+        return _remember(self._forwarded, (peer, forwarded_for), self._size,
+                         lambda: client_address(peer, forwarded_for, self._trusted))
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(memo: dict[K, V], key: K, size: int, compute: Callable[[], V]) -> V:
+    try:
+        return memo[key]
+    except KeyError:
+        pass
+    if len(memo) >= size:
+        memo.clear()
+    value = memo[key] = compute()
+    return value

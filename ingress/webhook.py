@@ -31,7 +31,6 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 READ_HEADERS = frozenset(name.encode() for name in (*KEPT_HEADERS, "content-length", "authorization"))
-EMPTY = [(b"content-length", b"0")]
 
 
 class State(TypedDict):
@@ -147,7 +146,8 @@ class WebhookEndpoint:
 
 async def answer(send: Send, status: int, text: bytes = b"") -> None:
     """An empty answer, or a short plain-text one (the same bytes Starlette's responses sent)."""
-    headers = EMPTY if not text else [
+    # A new list each time: a middleware may edit a response's headers in place.
+    headers = [(b"content-length", b"0")] if not text else [
         (b"content-length", str(len(text)).encode()), (b"content-type", b"text/plain; charset=utf-8")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": text})

@@ -61,3 +61,18 @@ def test_unreachable_redis_is_store_unavailable() -> None:
 
     with pytest.raises(StoreUnavailable):
         run("redis://127.0.0.1:1", scenario)
+
+
+def test_closing_fails_what_is_in_flight_instead_of_leaving_it_waiting(redis_url: str,
+                                                                      redis_client: redis.Redis) -> None:
+    async def scenario(appender: Appender) -> list[object]:
+        await asyncio.to_thread(redis_client.execute_command, "CLIENT", "PAUSE", "1000", "WRITE")
+        waiting = [asyncio.ensure_future(appender.append(FIELDS)) for _ in range(3)]
+        await asyncio.sleep(0.2)  # the round trip is in flight, held by the pause
+        await appender.close()
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 1.0)
+        await asyncio.to_thread(redis_client.execute_command, "CLIENT", "UNPAUSE")
+        return outcomes
+
+    outcomes = run(redis_url, scenario)
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)  # type: ignore[union-attr]

@@ -52,7 +52,28 @@ def test_memoized_addresses_equal_the_walk() -> None:
     for _ in range(2):
         for peer, forwarded in cases:
             assert clients.resolve(peer, forwarded) == client_address(peer, forwarded, trusted)
-    assert len(clients._memo) <= 3
+    assert len(clients._peers) <= 3 and len(clients._forwarded) <= 3
+
+
+def test_the_memo_never_keeps_a_header_it_did_not_need_or_a_long_one() -> None:
+    trusted = NetList.parse("10.0.0.0/8")
+    clients = ClientAddresses(trusted, header_bytes=256)
+    huge = ("1.2.3.4, " * 20_000,)
+    for i in range(50):
+        assert clients.resolve("203.0.113.9", (f"{i}.{huge[0]}",)) == ipaddress.ip_address("203.0.113.9")
+        assert clients.resolve("10.0.0.1", (f"5.6.7.{i}", *huge)) == client_address("10.0.0.1", (f"5.6.7.{i}", *huge),
+                                                                                      trusted)
+    assert list(clients._forwarded) == []  # untrusted peers: the header is never a key; long headers: not kept
+    assert list(clients._peers) == ["203.0.113.9", "10.0.0.1"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("fe80::1%eth0", "fe80::1"), ("[fe80::1%eth0]:443", "fe80::1"), ("[fe80::1%" + "x" * 10_000 + "]", "fe80::1"),
+    ("1.2.3.4%x", None), ("%", None),
+])
+def test_zones_are_dropped(text: str, expected: str | None) -> None:
+    address = parse_address(text)
+    assert (str(address) if address is not None else None) == expected
 
 
 def test_token_detection_reads_names_as_the_query_parser_does() -> None:
