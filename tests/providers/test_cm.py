@@ -16,7 +16,7 @@ from shared.events import Event, Kind, Outcome, Status
 from shared.providers import cm
 from shared.providers.base import ParseContext
 from shared.record import RawRecord
-from tests.providers.util import example, record, shared_dir
+from tests.providers.util import example, fixture, record
 
 CTX = ParseContext(default_region="NL")
 XML = "application/xml"
@@ -26,7 +26,7 @@ BRIEF_EVENT_ID = "121c38a5-cf77-424a-9ea9-d6c044a845f8"
 
 def _brief_json(name: str) -> bytes:
     """The first JSON object printed in a brief file (the files are page text around it)."""
-    text = (shared_dir() / "brief" / name).read_text()
+    text = fixture(name).decode()
     value, _ = json.JSONDecoder().raw_decode(text, text.index("{"))
     return orjson.dumps(value)
 
@@ -101,7 +101,7 @@ TEMPLATE = {"status": Status.UNKNOWN, "provider_status": "[STATUS]", "message_re
 Expected = list[dict[str, Any]] | str
 CASES: list[tuple[str, RawRecord, Expected]] = [
     # --- published and brief examples ---
-    ("brief_events_suggestionclick", events(_brief_json("cm-incoming-events.txt")), [{
+    ("brief_events_suggestionclick", events(_brief_json("cm/incoming-events-brief.txt")), [{
         "kind": Kind.EVENT, "provider_event_id": BRIEF_EVENT_ID, "dedupe_key": f"cm:event:{BRIEF_EVENT_ID}",
         "phone": "+31612345678", "phone_raw": "0031612345678", "counterpart": "+3222556611",
         "occurred_at": TIME, "event_type": "SuggestionClick",

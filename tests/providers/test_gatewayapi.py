@@ -103,7 +103,7 @@ Expected = dict[str, Any] | Rejected
 
 # fmt: off
 CASES: list[tuple[str, RawRecord, Expected]] = [
-    # --- published examples (provider-examples/gatewayapi) ---
+    # --- published examples (tests/fixtures/gatewayapi) ---
     ("example_dlr_rest_callback", rest(example("gatewayapi/dlr-rest-callback.json")), {
         "kind": Kind.STATUS, "message_ref": "1000001", "phone": "+4587654321", "phone_raw": "4587654321",
         "occurred_at": utc(1450000000), "status": Status.DELIVERED, "provider_status": "DELIVERED",

@@ -1,26 +1,27 @@
-"""Building raw records for normalizer tests, and finding the providers' published examples."""
+"""Building raw records for normalizer tests, and reading the providers' published examples.
+
+The examples are copies kept in tests/fixtures/ (their sources: tests/fixtures/README.md).
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from shared.record import RawRecord
 
 RECEIVED_AT_MS = 1_700_000_000_000
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
-def shared_dir() -> Path:
-    """The design folder beside the repository (override with HOOKSTREAM_SHARED_DIR)."""
-    path = Path(os.environ.get("HOOKSTREAM_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared")
-    if not (path / "provider-examples").is_dir():
-        raise RuntimeError(f"provider examples not found under {path}; set HOOKSTREAM_SHARED_DIR")
-    return path
+
+def fixture(relative: str) -> bytes:
+    """A file under tests/fixtures/, byte for byte."""
+    return (FIXTURES / relative).read_bytes()
 
 
 def example(relative: str) -> bytes:
     """An example file's payload: comment lines starting with '#' or '<!--' are dropped."""
-    raw = (shared_dir() / "provider-examples" / relative).read_bytes()
+    raw = fixture(relative)
     lines = [line for line in raw.splitlines(keepends=True) if not line.lstrip().startswith((b"#", b"<!--"))]
     return b"".join(lines).strip()
 
