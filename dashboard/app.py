@@ -51,6 +51,7 @@ REFRESH_S = 5
 CACHE_TTL_S: Mapping[str, float] = {"flow": 2.0, "deliverability": 30.0, "consent": 5.0}
 SECTIONS = ("flow", "deliverability", "consent")
 MAX_FORM_BYTES = 4096
+BIGINT_MAX = 2**63 - 1  # dead_letters.id is a bigint
 POOL_TIMEOUT_S = 2.0
 
 PAGE_PATHS = ("/", "/login", "/logout", "/dashboard/review", "/dashboard/dead-letters")
@@ -302,11 +303,14 @@ class Dashboard:
         if auth is None:
             return RedirectResponse("/login", 303)
         raw_id = request.query_params.get("id", "")
+        letter_id = whole_number(raw_id, low=1, high=BIGINT_MAX)
+        if raw_id and letter_id is None:  # not an id at all (a well-formed one that is not there: 404)
+            return self.html("dead_letters.html", 422, malformed=True, csrf=_csrf(auth))
 
         def read() -> dict[str, Any]:
             with self.pool().connection() as conn:
-                if raw_id:
-                    return {"letter": data.dead_letter(conn, int(raw_id)) if raw_id.isdigit() else None}
+                if letter_id is not None:
+                    return {"letter": data.dead_letter(conn, letter_id)}
                 return {"letters": data.dead_letter_list(conn)}
 
         try:
@@ -333,11 +337,24 @@ def _csrf(auth: tuple[str, Session | None]) -> str:
     return auth[1].csrf if auth[1] is not None else ""
 
 
+def whole_number(text: str, low: int = 0, high: int = BIGINT_MAX) -> int | None:
+    """`text` as an int when it is ASCII digits only and within [low, high], else None: the one way the
+    dashboard reads a number from a client. `str.isdigit()` alone is not enough: it accepts `²`, which
+    int() refuses, and `١٢`, which int() reads as 12; int() refuses more than 4,300 digits; and a value
+    past the column's range would overflow Postgres' bigint."""
+    if not 0 < len(text) <= len(str(high)) or not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
 async def read_form(request: Request) -> dict[str, str] | None:
     """A small urlencoded form or JSON object (no multipart: nothing here uploads files)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
-        return None
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        size = whole_number(declared)
+        if size is None or size > MAX_FORM_BYTES:  # malformed, or more than a form here ever is
+            return None
     body = b""
     async for chunk in request.stream():
         body += chunk

@@ -109,4 +109,8 @@ def same_origin(request: Request) -> bool:
     if origin is None:
         return True
     host = request.headers.get("host", "")
-    return origin != "null" and urlsplit(origin).netloc.lower() == host.lower()
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # `http://[`, a netloc that changes under NFKC: no origin we could be
+        return False
+    return origin != "null" and netloc.lower() == host.lower()

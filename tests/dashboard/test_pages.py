@@ -114,6 +114,17 @@ def test_the_api_routes_still_need_their_bearer_token(web: TestClient) -> None:
     assert web.get("/openapi.json").status_code == 200
 
 
+def test_a_malformed_origin_or_content_length_is_refused_not_a_500(web: TestClient) -> None:
+    assert web.post("/login", data={"token": SECRET}, headers={"origin": "http://["}).status_code == 403
+    too_long = {"content-length": "1" * 5000, "content-type": "application/x-www-form-urlencoded"}
+    assert web.post("/login", content=f"token={SECRET}".encode(), headers=too_long).status_code == 401
+    csrf = login(web)
+    for origin in ("http://[", "http://[::1"):
+        refused = web.post("/dashboard/review", data={"csrf": csrf, "event_id": "x", "decision": "dismiss"},
+                           headers={"origin": origin, **JSON})
+        assert refused.status_code == 403 and refused.json()["error"] == "csrf"
+
+
 def test_security_headers_and_static_files(web: TestClient) -> None:
     login(web)
     page = web.get("/")
@@ -301,7 +312,24 @@ def test_dead_letter_details(web: TestClient, ingress_client: TestClient, drain:
     assert detail.status_code == 200 and "{not json" in detail.text and "not valid JSON" in detail.text
     assert f"hookstream dead-letters requeue {letter['id']}" in detail.text
     assert web.get("/dashboard/dead-letters?id=99999").status_code == 404
-    assert web.get("/dashboard/dead-letters?id=abc").status_code == 404
+    assert web.get("/dashboard/dead-letters?id=abc").status_code == 422
+
+
+@pytest.mark.parametrize("raw", [
+    "\u00b2", "\u0661\u0662", "\uff11",  # digits to str.isdigit(), refused or misread by int()
+    "1" * 5000,  # past int()'s 4,300-digit limit
+    "9223372036854775808", "99999999999999999999",  # past Postgres' bigint
+    "0", "-1", "+1", " 1", "1.0", "1e3", "0x1", "abc", "\x00",
+])
+def test_an_id_that_cannot_be_one_is_422_never_500(web: TestClient, raw: str) -> None:
+    answer = web.get("/dashboard/dead-letters", params={"id": raw}, headers=AUTH)
+    assert answer.status_code == 422 and "Not a dead-letter id" in answer.text
+
+
+def test_a_well_formed_id_that_is_not_there_is_404(web: TestClient) -> None:
+    for raw in ("1", "007", "9223372036854775807"):
+        answer = web.get("/dashboard/dead-letters", params={"id": raw}, headers=AUTH)
+        assert answer.status_code == 404 and "No dead letter" in answer.text, raw
 
 
 # -- sources down --------------------------------------------------------------------------------------

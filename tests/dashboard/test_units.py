@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -11,7 +12,7 @@ import pytest
 from starlette.requests import Request
 
 from dashboard import PUBLIC_PATHS, data
-from dashboard.app import SECTIONS, STATIC_FILES, _env
+from dashboard.app import BIGINT_MAX, MAX_FORM_BYTES, SECTIONS, STATIC_FILES, _env, read_form, whole_number
 from dashboard.cache import TTLCache
 from dashboard.review import Refused, check_input
 from dashboard.session import Signer, csrf_ok, same_origin
@@ -157,6 +158,31 @@ def test_csrf_and_origin() -> None:
     assert same_origin(request({"host": "dash.example:8080", "origin": "https://dash.example:8080"}))
     assert not same_origin(request({"host": "dash.example:8080", "origin": "https://evil.example"}))
     assert not same_origin(request({"host": "dash.example:8080", "origin": "null"}))
+    # Origins urlsplit() cannot read (an open IPv6 bracket; a host that NFKC changes) are refused, not a 500.
+    assert not same_origin(request({"host": "dash.example:8080", "origin": "http://["}))
+    assert not same_origin(Request({"type": "http", "method": "POST", "path": "/", "headers": [
+        (b"host", b"dash.example:8080"), (b"origin", "http://\uff03x".encode())]}))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1", 1), ("0042", 42), (str(BIGINT_MAX), BIGINT_MAX), ("0", None),
+    ("", None), ("\u00b2", None), ("\u0661\u0662", None), ("\uff11", None),  # digits isdigit() accepts, not ASCII
+    ("1" * 5000, None), (str(BIGINT_MAX + 1), None), ("-1", None), ("+1", None), (" 1", None), ("1 ", None),
+    ("1.0", None), ("1e3", None), ("0x1", None), ("1_000", None),
+])
+def test_whole_number_reads_ascii_digits_within_bounds(text: str, expected: int | None) -> None:
+    assert whole_number(text, low=1) == expected
+
+
+@pytest.mark.parametrize("declared", [b"\xb2", b"1" * 5000, str(BIGINT_MAX + 1).encode(), b"-1", b"",
+                                      str(MAX_FORM_BYTES + 1).encode()])
+def test_a_content_length_that_is_not_a_small_number_reads_no_form(declared: bytes) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"token=x", "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "path": "/login", "headers": [
+        (b"content-type", b"application/x-www-form-urlencoded"), (b"content-length", declared)]}, receive)
+    assert asyncio.run(read_form(request)) is None
 
 
 def test_review_input_rules_are_the_apis() -> None:
