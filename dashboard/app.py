@@ -27,10 +27,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from psycopg_pool import ConnectionPool, PoolTimeout
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import ApiTokens, bearer
 from dashboard import data
@@ -69,6 +71,8 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",  # no-referrer would make Chromium send `Origin: null` on form posts
     "cache-control": "no-store",
 }
+# The static files are versioned (`?v=`), so a browser may keep them: everything above but no-store.
+STATIC_HEADERS = {k: v for k, v in SECURITY_HEADERS.items() if k != "cache-control"}
 NOTICES = {  # ?notice= after a form post without JavaScript: fixed sentences, nothing reflected
     "opt_out": "Opt-out recorded.", "dismiss": "Dismissed.", "conflict": "Someone decided that one already.",
     "not_found": "That item is no longer in the queue.", "invalid": "That decision cannot be applied.",
@@ -193,7 +197,7 @@ class Dashboard:
 
     def html(self, template: str, status_code: int = 200, **context: Any) -> Response:
         body = self.templates.get_template(template).render(refresh_s=self.refresh_s, **context)
-        return Response(body, status_code=status_code, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+        return Response(body, status_code=status_code, media_type="text/html; charset=utf-8")
 
     def context(self, name: str, section: dict[str, Any], session: Session | None) -> dict[str, Any]:
         from hookstream.run import example_curl
@@ -212,7 +216,7 @@ class Dashboard:
     @staticmethod
     def json(body: Any, status_code: int = 200) -> Response:
         return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status_code=status_code,
-                        media_type="application/json", headers={"cache-control": "no-store"})
+                        media_type="application/json")
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -321,16 +325,39 @@ class Dashboard:
         return self.html("dead_letters.html", status_code, asked=raw_id, csrf=_csrf(auth), **found)
 
     def routes(self) -> list[BaseRoute]:
+        """Each route wrapped in `SecureHeaders`: every answer a handler or the static files send
+        (pages, JSON, redirects, the handlers' own errors) carries the same headers, set in this one place."""
+        headers = [Middleware(SecureHeaders, headers=SECURITY_HEADERS)]
         return [
-            Route("/", self.index, methods=["GET"]),
-            Route("/login", self.login, methods=["GET", "POST"]),
-            Route("/logout", self.logout, methods=["POST"]),
-            Route("/dashboard/review", self.review, methods=["POST"]),
-            Route("/dashboard/dead-letters", self.dead_letters, methods=["GET"]),
-            *(Route(path, self.data, methods=["GET"]) for path in DATA_PATHS),
-            *(Route(path, self.partial, methods=["GET"]) for path in PARTIAL_PATHS),
-            Mount(STATIC_PREFIX, app=StaticFiles(directory=str(STATIC)), name="dashboard-static"),
+            Route("/", self.index, methods=["GET"], middleware=headers),
+            Route("/login", self.login, methods=["GET", "POST"], middleware=headers),
+            Route("/logout", self.logout, methods=["POST"], middleware=headers),
+            Route("/dashboard/review", self.review, methods=["POST"], middleware=headers),
+            Route("/dashboard/dead-letters", self.dead_letters, methods=["GET"], middleware=headers),
+            *(Route(path, self.data, methods=["GET"], middleware=headers) for path in DATA_PATHS),
+            *(Route(path, self.partial, methods=["GET"], middleware=headers) for path in PARTIAL_PATHS),
+            Mount(STATIC_PREFIX, app=StaticFiles(directory=str(STATIC)), name="dashboard-static",
+                  middleware=[Middleware(SecureHeaders, headers=STATIC_HEADERS)]),
         ]
+
+
+class SecureHeaders:
+    """A pure ASGI middleware adding `headers` to the start of every response the wrapped app sends,
+    unless the app set that header itself."""
+
+    def __init__(self, app: ASGIApp, headers: Mapping[str, str]) -> None:
+        self.app = app
+        self.headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                   *((n, v) for n, v in self.headers if n not in present)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _csrf(auth: tuple[str, Session | None]) -> str:

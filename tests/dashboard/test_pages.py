@@ -13,6 +13,7 @@ import redis
 from starlette.testclient import TestClient
 
 from api.auth import ApiTokens
+from dashboard.app import DATA_PATHS, PARTIAL_PATHS, STATIC_FILES
 from dashboard.session import COOKIE
 from hookstream import stats, status
 from shared.settings import Settings
@@ -112,6 +113,33 @@ def test_the_api_routes_still_need_their_bearer_token(web: TestClient) -> None:
     assert web.get("/v1/consent/review").status_code == 401  # a session cookie is not an API credential
     assert web.get("/v1/consent/review", headers=AUTH).status_code == 200
     assert web.get("/openapi.json").status_code == 200
+
+
+def test_every_dashboard_answer_says_nosniff(web: TestClient) -> None:
+    """Pages, partials, JSON, redirects, the handlers' own errors and static files, signed in or not."""
+    static = [f"/dashboard/static/{name}" for name in STATIC_FILES]
+    gets = ["/", "/login", "/login?notice=logged_out", "/dashboard/dead-letters", "/dashboard/dead-letters?id=x",
+            "/dashboard/dead-letters?id=1", *DATA_PATHS, *PARTIAL_PATHS, *static]
+    posts = [("/login", {"data": {"token": "wrong"}}), ("/logout", {}),
+             ("/dashboard/review", {"data": {"decision": "dismiss"}}),
+             ("/dashboard/review", {"content": b"[", "headers": {"content-type": "application/json"}})]
+
+    def answers() -> list[tuple[str, Any]]:
+        return ([(path, web.get(path)) for path in gets] + [(path, web.get(path, headers=AUTH)) for path in gets]
+                + [(path, web.post(path, **options)) for path, options in posts]
+                + [(path, web.post(path, **{**options, "headers": {**options.get("headers", {}), **AUTH, **JSON}}))
+                   for path, options in posts])
+
+    signed_out = answers()
+    login(web)
+    seen = signed_out + answers()
+    assert {answer.status_code for _, answer in seen} >= {200, 303, 400, 401, 404, 422}
+    for path, answer in seen:
+        assert answer.headers.get("x-content-type-options") == "nosniff", (path, answer.status_code)
+        if path in DATA_PATHS and answer.status_code == 200:
+            assert answer.headers["content-type"] == "application/json"
+        if path not in static:
+            assert answer.headers["cache-control"] == "no-store", (path, answer.status_code)
 
 
 def test_a_malformed_origin_or_content_length_is_refused_not_a_500(web: TestClient) -> None:
