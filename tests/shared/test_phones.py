@@ -54,3 +54,14 @@ def test_random_numbers_of_every_form_answer_as_phonenumbers() -> None:
 @given(raw=st.text(alphabet="+0123456789 -.()/a٣", max_size=22), region=st.sampled_from(REGIONS))
 def test_any_text_answers_as_phonenumbers(raw: str, region: str | None) -> None:
     assert phones._normalize.__wrapped__(raw, region) == slow(raw, region)
+
+
+def test_values_longer_than_the_cap_are_not_numbers_and_are_not_remembered() -> None:
+    phones._normalize.cache_clear()
+    padded = " " * 100 + "+31 6 12345678" + "\t" * 100  # a number, however padded
+    assert normalize_phone(padded) == "+31612345678"
+    spread = "+31" + " " * (phones.MAX_PHONE_CHARS - 11) + "612345678"  # too long once stripped
+    assert normalize_phone(f" {spread} ") == spread == slow(spread, None)
+    assert normalize_phone("x" * 10_000) == "x" * 10_000
+    assert phones._normalize.cache_info().currsize == 1  # the padded number, stripped
+    assert normalize_phone(" " * 10_000) is None
