@@ -17,16 +17,25 @@ from shared.events import Outcome
 
 MAX_FILLER_UNITS = 4  # §1 rule 2
 OPT_OUTS = frozenset({Outcome.OPT_OUT, Outcome.OPT_OUT_ALL})
+# Characters each translate table remembers (a key is one code point: only their number needs a
+# bound). Real traffic uses a few hundred (GSM-7, accented Latin, emoji) to a few thousand (the
+# ~3,500 common Chinese characters); texts walking through all of Unicode (1.1 million code points,
+# ~245 MB if all were kept) empty a full table and start again. Full, a table holds ~1.5 MB.
+CHAR_MEMO_ENTRIES = 8192
 
 
 class _CharMap(dict[int, str | None]):
-    """A str.translate table filled on first sight of each character: Unicode is too big to prebuild."""
+    """A str.translate table filled on first sight of each character: Unicode is too big to prebuild.
+    Emptied when it holds CHAR_MEMO_ENTRIES characters; a lookup that finds the character never
+    pays for the check."""
 
     def __init__(self, rule: Callable[[str], str | None]) -> None:
         super().__init__()
         self.rule = rule
 
     def __missing__(self, code: int) -> str | None:
+        if len(self) >= CHAR_MEMO_ENTRIES:
+            self.clear()
         self[code] = value = self.rule(chr(code))
         return value
 
