@@ -30,7 +30,7 @@ from api.answers import answer
 from api.auth import ApiTokens, BearerAuth, token_label
 from api.errors import ApiError, JSONResponse, error_response, invalid
 from api.openapi import FIXED, document
-from api.subjects import InvalidSubject, Subject, classify, scope_forms
+from api.subjects import Classifier, InvalidSubject, scope_forms
 from shared.settings import Settings
 from workers.publisher import Position, iso
 
@@ -40,7 +40,6 @@ DEFAULT_POOL_SIZE = 4
 POOL_TIMEOUT_S = 5.0
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
 THREAD_ABOVE = 2000  # subjects: above this, normalizing runs off the event loop
-MEMO_MAX = 200_000  # normalized subjects remembered: senders check the same lists again
 SHOWN_INVALID = 20  # invalid subjects listed in a 422 of the bulk check
 
 
@@ -48,35 +47,6 @@ class State(TypedDict):
     settings: Settings
     pool: AsyncConnectionPool[Any]
     classifier: Classifier
-
-
-class Classifier:
-    """`classify` for this app's region, remembering results (parsing a number costs ~13 µs)."""
-
-    def __init__(self, default_region: str | None, size: int = MEMO_MAX) -> None:
-        self.region = default_region
-        self.size = size
-        self.memo: dict[str, Subject] = {}
-
-    def __call__(self, raw: str) -> Subject:
-        found = self.memo.get(raw)
-        if found is None:
-            found = classify(raw, self.region)  # raises InvalidSubject: not remembered
-            if len(self.memo) >= self.size:
-                self.memo.clear()
-            self.memo[raw] = found
-        return found
-
-    def many(self, raws: list[str]) -> tuple[list[Subject], list[dict[str, Any]]]:
-        subjects: list[Subject] = []
-        refused: list[dict[str, Any]] = []
-        for index, raw in enumerate(raws):
-            try:
-                subjects.append(self(raw))
-            except InvalidSubject as exc:
-                refused.append({"index": index, "subject": raw[:80], "reason": str(exc)})
-                subjects.append(Subject(raw, False))
-        return subjects, refused
 
 
 def _state(request: Request) -> State:
