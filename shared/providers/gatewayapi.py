@@ -8,7 +8,15 @@ Feeds (ingress routes):
   `X-Gwapi-Signature` JWT is verified at the ingress and its claims equal the body, so only the
   body is read here.
 - "events": the Mobile Messaging API envelope `{event_id, timestamp, event_type, event}`; its
-  `Signature: v1=…` HMAC is verified at the ingress.
+  `Signature: v1=…` HMAC is verified at the ingress. Status types become STATUS events; the user
+  messages become INBOUND (texts) or EVENT (a shared location or file: nothing a keyword can be
+  read in); any other type is kept as an EVENT under its own name.
+
+User messages carry the person in `event.sender` and a `content` whose shape depends on the type
+(see CONTENT): an object `{message, encoding, header}` for an SMS text, a plain string for an RCS
+text, `{latitude, longitude}` for a location and `{category, thumbnail, payload}` for a file. The
+published shapes name no number of ours, so `counterpart` is set only when a `recipient` or
+`receiver` is sent all the same.
 
 Time: the legacy DLR `time` and MO `senttime` are UNIX seconds (UTC by definition). The new API's
 `event.status_at` / `event.sent_at`, falling back to the envelope `timestamp`, are ISO-8601 with
@@ -59,7 +67,17 @@ STATUS: dict[str, tuple[Status, Reason | None]] = {
 
 # The published example spells it "messaging.status.sms"; the prose and the SDK say "message.".
 _STATUS_TYPES = frozenset({"message.status.sms", "messaging.status.sms", "message.status.rcs"})
-_TEXT_TYPES = frozenset({"user-message.text.sms", "user-message.text.rcs"})
+
+# User messages: event type → (kind, shape of `content`). A text's body is its content's text; a
+# location or a file is a channel event with no body. "text" accepts both documented text shapes
+# (the object of an SMS, the string of an RCS text) on either channel: which one a type uses is
+# the provider's choice, and reading a STOP must not hang on it.
+CONTENT: dict[str, tuple[Kind, str]] = {
+    "user-message.text.sms": (Kind.INBOUND, "text"),
+    "user-message.text.rcs": (Kind.INBOUND, "text"),
+    "user-message.location.rcs": (Kind.EVENT, "object"),
+    "user-message.file.rcs": (Kind.EVENT, "object"),
+}
 
 
 def parse(record: RawRecord, ctx: ParseContext) -> list[Event]:
@@ -132,57 +150,82 @@ def _envelope(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
     event_id = _scalar(body.get("event_id"), "event_id", required=True)
     event_type = _scalar(body.get("event_type"), "event_type", required=True)
     event = body.get("event")
-    kind = Kind.STATUS if event_type in _STATUS_TYPES else Kind.INBOUND if event_type in _TEXT_TYPES else Kind.EVENT
-    if kind is not Kind.EVENT and not isinstance(event, dict):
+    known = event_type in _STATUS_TYPES or event_type in CONTENT
+    if known and not isinstance(event, dict):
         raise ParseError(f"'event' of a {event_type} envelope is {type(event).__name__}, expected an object")
     event = event if isinstance(event, dict) else {}
-    # The envelope's event_id is the natural key of every event type.
-    base: dict[str, Any] = {"provider": NAME, "feed": feed, "kind": kind, "payload": body,
-                            "dedupe_key": natural_key(NAME, kind, event_id), "provider_event_id": event_id}
-    if kind is Kind.STATUS:
-        recipient = _scalar(event.get("recipient"), "event.recipient", ints=True)
-        raw_status = _scalar(event.get("status"), "event.status", required=True)
-        status, reason = _status(raw_status)
-        return Event(
-            **base,
-            occurred_at=_iso(event.get("status_at"), "event.status_at") or _iso(body.get("timestamp"), "timestamp"),
-            message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True, required=True),
-            phone=normalize_phone(recipient, ctx.default_region),
-            phone_raw=recipient,
-            status=status,
-            provider_status=raw_status,
-            provider_reason=_error_text(event.get("error")),
-            reason=reason,
-            user_ref=text_or_none(event.get("reference")),
-        )
-    if kind is Kind.INBOUND:
-        sender = _scalar(event.get("sender"), "event.sender", ints=True, required=True)
-        # Our side is not in the published shape; take it when GatewayAPI sends it.
-        ours = event.get("recipient") if event.get("recipient") is not None else event.get("receiver")
-        receiver = _scalar(ours, "event.recipient", ints=True)
-        content = event.get("content")
-        if content is not None and not isinstance(content, dict):
-            raise ParseError(f"'event.content' is {type(content).__name__}, expected an object")
-        return Event(
-            **base,
-            occurred_at=_iso(event.get("sent_at"), "event.sent_at") or _iso(body.get("timestamp"), "timestamp"),
-            message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True),
-            phone=normalize_phone(sender, ctx.default_region),
-            phone_raw=sender,
-            counterpart=normalize_phone(receiver, ctx.default_region),
-            counterpart_raw=receiver,
-            body=_text((content or {}).get("message"), "event.content.message"),
-        )
-    # Location/file messages and types not known yet: kept whole, read leniently.
+    if event_type in _STATUS_TYPES:
+        return _envelope_status(body, event, event_id, feed, ctx)
+    if event_type in CONTENT:
+        return _user_message(body, event, event_id, event_type, feed, ctx)
+    # A type not known yet: kept whole under its own name, read leniently.
     sender = _lenient(event.get("sender"))
     return Event(
-        **base,
-        occurred_at=_iso(body.get("timestamp"), "timestamp"),
-        message_ref=_lenient(event.get("msg_id")),
+        provider=NAME, feed=feed, kind=Kind.EVENT, payload=body, dedupe_key=natural_key(NAME, Kind.EVENT, event_id),
+        provider_event_id=event_id, occurred_at=_iso(body.get("timestamp"), "timestamp"),
+        message_ref=_lenient(event.get("msg_id")), phone=normalize_phone(sender, ctx.default_region),
+        phone_raw=sender, event_type=event_type,
+    )
+
+
+def _envelope_status(body: dict[str, Any], event: dict[str, Any], event_id: str, feed: str,
+                     ctx: ParseContext) -> Event:
+    recipient = _scalar(event.get("recipient"), "event.recipient", ints=True)
+    raw_status = _scalar(event.get("status"), "event.status", required=True)
+    status, reason = _status(raw_status)
+    return Event(
+        provider=NAME, feed=feed, kind=Kind.STATUS, payload=body,
+        # The envelope's event_id is the natural key of every event type.
+        dedupe_key=natural_key(NAME, Kind.STATUS, event_id), provider_event_id=event_id,
+        occurred_at=_iso(event.get("status_at"), "event.status_at") or _iso(body.get("timestamp"), "timestamp"),
+        message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True, required=True),
+        phone=normalize_phone(recipient, ctx.default_region),
+        phone_raw=recipient,
+        status=status,
+        provider_status=raw_status,
+        provider_reason=_error_text(event.get("error")),
+        reason=reason,
+        user_ref=text_or_none(event.get("reference")),
+    )
+
+
+def _user_message(body: dict[str, Any], event: dict[str, Any], event_id: str, event_type: str, feed: str,
+                  ctx: ParseContext) -> Event:
+    """A message from the person in `event.sender`: a text (INBOUND) or a location or file (EVENT)."""
+    kind, shape = CONTENT[event_type]
+    sender = _scalar(event.get("sender"), "event.sender", ints=True, required=True)
+    # Our side is not in the published shapes; take it when GatewayAPI sends it.
+    ours = event.get("recipient") if event.get("recipient") is not None else event.get("receiver")
+    receiver = _scalar(ours, "event.recipient", ints=True)
+    content = event.get("content")
+    text = _content_text(content) if shape == "text" else _content_object(content)
+    return Event(
+        provider=NAME, feed=feed, kind=kind, payload=body,
+        dedupe_key=natural_key(NAME, kind, event_id), provider_event_id=event_id,
+        occurred_at=_iso(event.get("sent_at"), "event.sent_at") or _iso(body.get("timestamp"), "timestamp"),
+        message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True),
         phone=normalize_phone(sender, ctx.default_region),
         phone_raw=sender,
-        event_type=event_type,
+        counterpart=normalize_phone(receiver, ctx.default_region),
+        counterpart_raw=receiver,
+        body=text,
+        event_type=event_type if kind is Kind.EVENT else None,
     )
+
+
+def _content_text(content: object) -> str | None:
+    """A text's body, verbatim: the RCS string itself, or the SMS object's `message`."""
+    if isinstance(content, dict):
+        return _text(content.get("message"), "event.content.message")
+    if content is None or isinstance(content, str):
+        return content
+    raise ParseError(f"'event.content' is {type(content).__name__}, expected a string or an object")
+
+
+def _content_object(content: object) -> None:
+    """A location or file: its content stays in the payload; only its shape is checked."""
+    if content is not None and not isinstance(content, dict):
+        raise ParseError(f"'event.content' is {type(content).__name__}, expected an object")
 
 
 def _status(raw: str | None) -> tuple[Status, Reason | None]:

@@ -23,7 +23,7 @@ from shared.keys import hashed_key, natural_key
 from shared.providers import gatewayapi
 from shared.providers.base import ParseContext
 from shared.record import RawRecord
-from tests.providers.util import example, record
+from tests.providers.util import example, fixture, record
 
 CTX = ParseContext(default_region="DK")
 P = gatewayapi.NAME
@@ -262,7 +262,15 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
     ("events_text_time_falls_back", sms_text(sent_at=None), {"occurred_at": STAMP_UTC}),
     ("events_text_no_content", sms_text(content=...), {"body": None}),
     ("events_text_missing_sender", sms_text(sender=...), Rejected("'event.sender'")),
-    ("events_text_content_not_object", sms_text(content="hi"), Rejected("'event.content'")),
+    # An RCS text's content is the text itself; the SMS shape is read on either channel, and so is this one.
+    ("events_text_rcs_stop", envelope("user-message.text.rcs", with_(SMS_TEXT, content="STOP")),
+     {"kind": Kind.INBOUND, "body": "STOP", "phone": "+4587654321", "dedupe_key": natural_key(P, "inbound", EVENT_ID)}),
+    ("events_text_rcs_object_tolerated", envelope("user-message.text.rcs", SMS_TEXT), {"body": " foo Hello "}),
+    ("events_text_sms_string_tolerated", sms_text(content="hi"), {"body": "hi"}),
+    ("events_text_rcs_empty_string", envelope("user-message.text.rcs", with_(SMS_TEXT, content="")), {"body": ""}),
+    ("events_text_content_list", sms_text(content=["hi"]), Rejected("'event.content'")),
+    ("events_text_content_number", envelope("user-message.text.rcs", with_(SMS_TEXT, content=5)),
+     Rejected("'event.content'")),
     ("events_text_message_not_string", sms_text(content={"message": ["hi"]}),
      Rejected("'event.content.message'")),
 
@@ -271,8 +279,16 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
         "kind": Kind.EVENT, "event_type": "user-message.location.rcs", "dedupe_key": natural_key(P, "event", EVENT_ID),
         "message_ref": "01X", "phone": "+4587654321", "occurred_at": STAMP_UTC, "status": None, "body": None,
     }),
-    ("events_file_rcs", envelope("user-message.file.rcs", {"msg_id": 5, "sender": {"odd": True}}),
-     {"kind": Kind.EVENT, "event_type": "user-message.file.rcs", "message_ref": "5", "phone": None}),
+    ("events_file_rcs_no_content", envelope("user-message.file.rcs", {"msg_id": 5, "sender": 4587654321}),
+     {"kind": Kind.EVENT, "event_type": "user-message.file.rcs", "message_ref": "5", "phone": "+4587654321"}),
+    ("events_file_rcs_odd_sender", envelope("user-message.file.rcs", {"msg_id": 5, "sender": {"odd": True}}),
+     Rejected("'event.sender'")),
+    ("events_location_rcs_without_sender", envelope("user-message.location.rcs", {"msg_id": "01X"}),
+     Rejected("'event.sender'")),
+    ("events_location_rcs_content_string",
+     envelope("user-message.location.rcs", {"sender": 4587654321, "content": "x"}), Rejected("'event.content'")),
+    ("events_location_rcs_event_not_object", envelope("user-message.location.rcs", "x"),
+     Rejected("expected an object")),
     ("events_unknown_type", envelope("account.balance.low", {"balance": 3}),
      {"kind": Kind.EVENT, "event_type": "account.balance.low", "provider_event_id": EVENT_ID}),
     ("events_unknown_type_no_event", envelope("account.ping", ...), {"kind": Kind.EVENT, "message_ref": None}),
@@ -300,6 +316,61 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
     ("unknown_feed", record(P, "sms", json.dumps(DLR)), Rejected("unknown gatewayapi feed")),
 ]
 # fmt: on
+
+
+# --- the Mobile Messaging API's published examples: every event type, each content shape ---
+
+SENT_AT = datetime(2025, 4, 1, 11, 49, 12, 5021, tzinfo=timezone.utc)
+EVENTS_EXAMPLE = orjson.loads(fixture("gatewayapi/messaging-api-webhook-events-thirdparty.json"))
+OPENAPI_EXAMPLES = orjson.loads(fixture("gatewayapi/messaging-api-openapi-webhook-examples.json"))
+MSG = "01K33QFGSHXXM0Q7HM7QS34PY6"
+
+# event_type → the fields its example must give: texts are INBOUND with their text as the body,
+# a location or a file is an EVENT named by its type, with no body.
+EXAMPLE_EVENTS: dict[str, dict[str, Any]] = {
+    "message.status.sms": {"kind": Kind.STATUS, "status": Status.DELIVERED, "phone": "+4512345678",
+                           "message_ref": "01JQRJWK259Y1YEECJZB50908V", "user_ref": "<client provided reference>",
+                           "occurred_at": SENT_AT, "body": None},
+    "message.status.rcs": {"kind": Kind.STATUS, "status": Status.DELIVERED, "provider_status": "READ",
+                           "phone": "+4512345678", "provider_reason": None},
+    "user-message.text.sms": {"kind": Kind.INBOUND, "body": "Hello World", "phone": "+4512345678",
+                              "phone_raw": "4512345678", "message_ref": MSG, "occurred_at": SENT_AT,
+                              "event_type": None, "counterpart": None},
+    "user-message.text.rcs": {"kind": Kind.INBOUND, "body": "Hello world!", "phone": "+4512345678",
+                              "message_ref": MSG, "occurred_at": SENT_AT, "event_type": None},
+    "user-message.location.rcs": {"kind": Kind.EVENT, "body": None, "event_type": "user-message.location.rcs",
+                                  "phone": "+4512345678", "message_ref": MSG, "occurred_at": SENT_AT},
+    "user-message.file.rcs": {"kind": Kind.EVENT, "body": None, "event_type": "user-message.file.rcs",
+                              "phone": "+4512345678", "message_ref": MSG, "occurred_at": SENT_AT},
+}
+
+
+def test_the_examples_cover_every_user_message_type() -> None:
+    assert [e["event_type"] for e in EVENTS_EXAMPLE] == list(EXAMPLE_EVENTS)
+    assert set(gatewayapi.CONTENT) <= set(EXAMPLE_EVENTS)
+
+
+@pytest.mark.parametrize("envelope_", EVENTS_EXAMPLE, ids=[e["event_type"] for e in EVENTS_EXAMPLE])
+def test_every_example_event(envelope_: dict[str, Any]) -> None:
+    raw = events(orjson.dumps(envelope_))
+    [event] = gatewayapi.parse(raw, CTX)
+    assert_contract(event, raw)
+    expected = EXAMPLE_EVENTS[envelope_["event_type"]]
+    assert {name: getattr(event, name) for name in expected} == expected
+    assert event.dedupe_key == natural_key(P, event.kind, "09c829a2-a77b-422d-8562-2f88e784dfb5")
+
+
+@pytest.mark.parametrize(("name", "status", "reason", "provider_reason"), [
+    ("minimal", Status.DELIVERED, None, None),
+    ("full example", Status.REJECTED, None, "Unsupported sender"),
+    ("rcs", Status.DELIVERED, None, None),
+])
+def test_openapi_webhook_examples(name: str, status: Status, reason: Reason | None, provider_reason: str | None) -> None:
+    raw = events(orjson.dumps(OPENAPI_EXAMPLES[name]["value"]))
+    [event] = gatewayapi.parse(raw, CTX)
+    assert (event.kind, event.status, event.reason, event.provider_reason) == (Kind.STATUS, status, reason,
+                                                                               provider_reason)
+    assert event.phone == "+4512345678" and event.message_ref == "01JQRJWK259Y1YEECJZB50908V"
 
 
 @pytest.mark.parametrize(("label", "raw", "expected"), CASES, ids=[case[0] for case in CASES])
@@ -376,7 +447,8 @@ _SCALARS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
     st.sampled_from(["", " ", "DELIVERED", "read", "0x1001", "4587654321", "451204", "0", "+45 87 65 43 21",
                      "2025-04-01T11:50:12+00:00", "9999-12-31T23:59:59-05:00", "1e30", "nan",
-                     "message.status.sms", "user-message.text.rcs", "user-message.file.rcs"]),
+                     "message.status.sms", "user-message.text.rcs", "user-message.file.rcs",
+                     "user-message.location.rcs"]),
 )
 _JSON = st.recursive(
     _SCALARS,
@@ -405,6 +477,9 @@ MALFORMED: list[bytes] = [
     b'{"event_id": "e", "event_type": "message.status.sms", "event": {"msg_id": "m", "status": "X", "status_at": {}}}',
     b'{"event_id": "e", "event_type": "user-message.text.sms", "event": {"sender": 1, "content": []}}',
     b'{"event_id": "e", "event_type": "user-message.text.sms", "event": {"sender": true}}',
+    b'{"event_id": "e", "event_type": "user-message.text.rcs", "event": {"sender": 1, "content": {"message": 5}}}',
+    b'{"event_id": "e", "event_type": "user-message.location.rcs", "event": {"sender": 1, "content": [1, 2]}}',
+    b'{"event_id": "e", "event_type": "user-message.file.rcs", "event": []}',
     b'{"event_id": "e", "event_type": "x", "event": [], "timestamp": 5}',
     b'{"event_id": "e", "event_type": "x", "timestamp": "9999-12-31T23:59:59-05:00"}',
 ]
