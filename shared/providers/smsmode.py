@@ -8,7 +8,11 @@ callback anywhere, and the REST API sends status and MO to one URL:
   recipient is on smsmode's STOP list) adds a CONSENT event for that recipient in every scope.
 - v1 reply (GET query): `numero` (our short code), `message`, `emetteur` (the person),
   `date_reception`, `smsID`, `refClient`, `responseID` → one INBOUND event.
-- REST (POST JSON message object): `direction` MO → INBOUND, MT (or a bare `status` object) → STATUS.
+- REST (POST JSON message object, SMS and RCS alike): `direction` MT (or a bare `status` object)
+  → STATUS for the person in `recipient.to`, its `status.detail` read through DETAIL (BLACKLISTED
+  adds a CONSENT event, as 3999 does); `direction` MO → INBOUND (a text or a tapped suggestion) or
+  EVENT (a shared location or file), from the person PERSON_FIELDS finds in `from` or
+  `recipient.to`: never a short code or an agent's name.
 
 Time: v1 `date_reception` is naive (DLR `yyyy-MM-dd HH:mm:ss`, reply `ddMMyyyy-HHmmss`); smsmode
 does not state its zone, so it is read as Europe/Paris wall time (a French provider; DST-aware, an
@@ -29,7 +33,7 @@ from typing import Any, Mapping
 from shared.errors import ParseError
 from shared.events import GLOBAL_SCOPE, Event, Kind, Outcome, Reason, Status
 from shared.keys import hashed_key, natural_key
-from shared.phones import normalize_phone
+from shared.phones import SHORT_CODE_MAX_DIGITS, normalize_phone
 from shared.providers.base import ParseContext, json_object, query_params, text_or_none
 from shared.record import RawRecord
 from shared.times import from_iso, from_local
@@ -40,6 +44,8 @@ FEEDS = frozenset({"mo", "status"})
 ZONE = "Europe/Paris"
 DLR_TIME = "%Y-%m-%d %H:%M:%S"
 MO_TIME = "%d%m%Y-%H%M%S"
+# What may separate the digits of a number as written ("+33 6 12-34.56").
+_SEPARATORS = str.maketrans("", "", " -.()/")
 
 # v1 `statut` codes (the full annex list, providers.md §2c) and REST `status.value` words (§2d),
 # keyed lower case; the two vocabularies do not overlap. Anything else is unknown.
@@ -92,13 +98,17 @@ STATUS: dict[str, tuple[Status, Reason | None]] = {
     "3998": (Status.REJECTED, Reason.INVALID_NUMBER),  # Invalid recipient
     # Blacklisted recipient: on smsmode's STOP list, so never sent (see CONSENT).
     "3999": (Status.REJECTED, Reason.OPTED_OUT),
-    # REST words (literals unconfirmed, matched case-insensitively, "_" read as a space).
+    # REST `status.value` words, matched case-insensitively with "_" read as a space. smsmode's
+    # SDK lists SCHEDULED, ENROUTE, DELIVERED, READ, UNDELIVERABLE and UNDELIVERED; the others
+    # are older spellings kept so that no known word falls to unknown.
     "delivered": (Status.DELIVERED, None),
-    # RCS read receipt, outside the documented enumeration; read implies delivered.
+    # RCS read receipt: read implies delivered.
     "read": (Status.DELIVERED, None),
     "failed": (Status.FAILED, Reason.OTHER),
+    # The SDK's "UNDELIVERABLE" follows, for one, a send without enough credit; the detail says why.
     "undeliverable": (Status.FAILED, Reason.OTHER),
-    # The support page's "delivered vs. undelivered".
+    # The SDK: a message not delivered within its validity ends as UNDELIVERED (DETAIL's EXPIRED
+    # row then makes it expired).
     "undelivered": (Status.FAILED, Reason.OTHER),
     "rejected": (Status.REJECTED, Reason.OTHER),
     "expired": (Status.EXPIRED, Reason.EXPIRED),
@@ -109,10 +119,66 @@ STATUS: dict[str, tuple[Status, Reason | None]] = {
     "sent": (Status.SENT, None),
 }
 
-# Status codes that are also smsmode's own consent decision. 3999 names no sender, so the
-# consent event's scope is every scope ("*"); no DLR ever lifts it (optout.md §5).
+# REST `status.detail`: why a message ended as it did (every value smsmode's SDK lists), keyed like
+# STATUS. A row's status, when it has one, replaces the value's: the detail names a cause the value
+# alone does not (a blacklisted number was never sent, whatever the value says). None keeps the
+# value's status, or its reason.
+DETAIL: dict[str, tuple[Status | None, Reason | None]] = {
+    # Progress, not a cause: the value decides.
+    "in progress": (None, None),
+    "delivered to network": (None, None),
+    # Our account's limits: refused before sending, nothing about the recipient (as v1 code 33).
+    "insufficient credit": (Status.REJECTED, Reason.OTHER),
+    "daily limit exceeded": (Status.REJECTED, Reason.OTHER),
+    "organisation monthly limit exceeded": (Status.REJECTED, Reason.OTHER),
+    # No route to the destination: smsmode's coverage, not proof that the number is wrong.
+    "route not available": (None, Reason.OTHER),
+    # An operator's anti-spam filter (as v1 code 3524).
+    "spam": (Status.REJECTED, Reason.BLOCKED),
+    # Refused before sending (as v1 code 3998).
+    "invalid phone number": (Status.REJECTED, Reason.INVALID_NUMBER),
+    # On smsmode's STOP list, so never sent (as v1 code 3999, and a row of CONSENT like it).
+    "blacklisted": (Status.REJECTED, Reason.OPTED_OUT),
+    # The handset or its network cannot take the channel (an RCS message to a phone without RCS).
+    "phone not suitable": (None, Reason.OTHER),
+    "network not suitable": (None, Reason.OTHER),
+    # Refused for its content (as v1 codes 36 and 3525).
+    "media invalid": (Status.REJECTED, Reason.OTHER),
+    "expired": (Status.EXPIRED, Reason.EXPIRED),
+    # A scheduled message we cancelled: final, and nothing about the recipient.
+    "cancelled": (None, Reason.OTHER),
+    "internal error": (None, Reason.OTHER),
+}
+
+# Status codes and details that are also smsmode's own consent decision, keyed like STATUS and
+# DETAIL. Neither names a sender, so the consent event's scope is every scope ("*"); no report
+# ever lifts it (optout.md §5).
 CONSENT: dict[str, Outcome] = {
     "3999": Outcome.OPT_OUT,
+    "blacklisted": Outcome.OPT_OUT,
+}
+
+# Who the person is in a REST reply (direction MO), by channel: `from` and `recipient.to`, in the
+# order to try. The one that is a phone number is the person and the other is our side (a short
+# code, or an RCS agent's name); the order decides only when both are. RCS: the SDK types `from`
+# as the agent and `recipient.to` as the person, and real callbacks are so, though the API
+# reference's example has them the other way round. SMS: the documented reply has the person in
+# `from` and the short code in `recipient.to`.
+PERSON_FIELDS: dict[str, tuple[str, str]] = {
+    "RCS": ("recipient.to", "from"),
+    "SMS": ("from", "recipient.to"),
+}
+
+# What a REST reply's `body.type` is. A text (an SMS has no type) is read for keywords; a tapped
+# suggestion is too, by its label, which is what the person chose: a chip labelled STOP is a STOP.
+# A shared location or file has no text: a channel event.
+MO_KIND: dict[str, Kind] = {
+    "": Kind.INBOUND,
+    "TEXT": Kind.INBOUND,
+    "BASIC": Kind.INBOUND,
+    "SUGGESTION": Kind.INBOUND,
+    "LOCATION": Kind.EVENT,
+    "FILE": Kind.EVENT,
 }
 
 # Fields only one v1 callback carries, to recognise a record sent to the other feed's URL.
@@ -175,36 +241,75 @@ def _rest(record: RawRecord, obj: dict[str, Any], ctx: ParseContext) -> list[Eve
     sender, to = text_or_none(obj.get("from")), _nested_text(obj, "recipient", "to")
     user_ref = text_or_none(obj.get("refClient"))
     if direction == "MO":
-        phone_raw = _required(obj, "from")
-        return [Event(
-            provider=NAME, feed=record.feed, kind=Kind.INBOUND,
-            dedupe_key=natural_key(NAME, Kind.INBOUND.value, message_id), payload=obj,
-            occurred_at=_iso_time(obj, "sentDate", "acceptedAt"), provider_event_id=message_id,
-            phone=normalize_phone(phone_raw, ctx.default_region), phone_raw=phone_raw,
-            counterpart=normalize_phone(to, ctx.default_region), counterpart_raw=to,
-            body=_body_text(obj.get("body")), user_ref=user_ref,
-        )]
+        return [_rest_reply(record, obj, message_id, sender, to, ctx)]
+    # A report of a message we sent: `recipient.to` is the person on every channel.
     value = text_or_none(status.get("value"))
     key = hashed_key(NAME, Kind.STATUS.value, message_id, value, text_or_none(status.get("deliveryDate")))
     occurred_at = _iso_time(status, "deliveryDate") or _iso_time(obj, "sentDate", "acceptedAt")
     return _status_events(
-        record, key, value, payload=obj, occurred_at=occurred_at, message_ref=message_id, user_ref=user_ref,
+        record, key, value, text_or_none(status.get("detail")), payload=obj, occurred_at=occurred_at,
+        message_ref=message_id, user_ref=user_ref,
         phone=normalize_phone(to, ctx.default_region), phone_raw=to,
         counterpart=normalize_phone(sender, ctx.default_region), counterpart_raw=sender,
     )
 
 
-def _status_events(record: RawRecord, key: str, value: str | None, **fields: Any) -> list[Event]:
-    """The STATUS event, plus a CONSENT event when the code is a row of CONSENT."""
-    code = _code(value)
+def _rest_reply(record: RawRecord, obj: dict[str, Any], message_id: str, sender: str | None, to: str | None,
+                ctx: ParseContext) -> Event:
+    """A REST reply: a text (INBOUND) or a shared location or file (EVENT), from the person that
+    PERSON_FIELDS finds; `originMessageId` names the message it answers."""
+    fields = {"from": sender, "recipient.to": to}
+    order = PERSON_FIELDS.get(_channel(obj), PERSON_FIELDS["SMS"])
+    person = next((name for name in order if _is_number(fields[name])), None)
+    if person is None:
+        present = [name for name in order if fields[name]]
+        raise ParseError(f"no phone number in a reply: {' or '.join(repr(n) for n in order)} "
+                         f"(present: {', '.join(present) or 'neither'})")
+    phone_raw, ours = fields[person], fields[order[1] if person == order[0] else order[0]]
+    body = obj.get("body")
+    body_type = (text_or_none(body.get("type")) or "").upper() if isinstance(body, dict) else ""
+    kind = MO_KIND.get(body_type, Kind.INBOUND)
+    return Event(
+        provider=NAME, feed=record.feed, kind=kind,
+        dedupe_key=natural_key(NAME, kind.value, message_id), payload=obj,
+        occurred_at=_iso_time(obj, "sentDate", "acceptedAt"), provider_event_id=message_id,
+        message_ref=text_or_none(obj.get("originMessageId")),
+        phone=normalize_phone(phone_raw, ctx.default_region), phone_raw=phone_raw,
+        counterpart=normalize_phone(ours, ctx.default_region), counterpart_raw=ours,
+        body=_body_text(body) if kind is Kind.INBOUND else None, user_ref=text_or_none(obj.get("refClient")),
+        event_type=body_type if kind is Kind.EVENT else None,
+    )
+
+
+def _status_events(record: RawRecord, key: str, value: str | None, detail: str | None = None,
+                   **fields: Any) -> list[Event]:
+    """The STATUS event, plus a CONSENT event when its code or detail is a row of CONSENT."""
+    code, cause = _code(value), _code(detail)
     status, reason = STATUS.get(code, (Status.UNKNOWN, None))
-    common = {"provider": NAME, "feed": record.feed, "provider_status": value, **fields}
+    by_detail, why = DETAIL.get(cause, (None, None))
+    status, reason = by_detail or status, why or reason
+    common = {"provider": NAME, "feed": record.feed, "provider_status": value, "provider_reason": detail, **fields}
     events = [Event(kind=Kind.STATUS, dedupe_key=key, status=status, reason=reason, **common)]
-    consent = CONSENT.get(code)
+    consent = CONSENT.get(code) or CONSENT.get(cause)
     if consent is not None and fields.get("phone"):
         events.append(Event(kind=Kind.CONSENT, dedupe_key=f"{key}:consent", consent=consent,
                             scope=GLOBAL_SCOPE, **common))
     return events
+
+
+def _channel(obj: Mapping[str, Any]) -> str:
+    """`channel.type` (SMS, RCS), else the message's own `type`; upper case, "" when neither."""
+    channel = obj.get("channel")
+    kind = channel.get("type") if isinstance(channel, dict) else None
+    return (text_or_none(kind) or text_or_none(obj.get("type")) or "").upper()
+
+
+def _is_number(value: str | None) -> bool:
+    """A phone number, not a short code (up to 6 digits) nor a name (an RCS agent, a sender id)."""
+    if value is None:
+        return False
+    digits = value.translate(_SEPARATORS).removeprefix("+")
+    return digits.isascii() and digits.isdigit() and len(digits) > SHORT_CODE_MAX_DIGITS
 
 
 def _status_object(value: object) -> dict[str, Any]:

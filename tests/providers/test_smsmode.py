@@ -18,7 +18,7 @@ from shared.keys import hashed_key, natural_key
 from shared.providers import smsmode
 from shared.providers.base import FORM_TYPE, ParseContext
 from shared.record import RawRecord
-from tests.providers.util import example, record
+from tests.providers.util import example, fixture, record
 
 CTX = ParseContext(default_region="FR")
 FORM = FORM_TYPE + "; charset=utf-8"
@@ -219,7 +219,7 @@ REST_VALUES: dict[str, Status] = {
 
 def test_every_table_row_is_tested() -> None:
     assert smsmode.STATUS.keys() == V1_CODES.keys() | REST_VALUES.keys()
-    assert set(smsmode.CONSENT) <= set(V1_CODES)
+    assert set(smsmode.CONSENT) <= set(V1_CODES) | smsmode.DETAIL.keys()
 
 
 @pytest.mark.parametrize(("code", "expected"), V1_CODES.items(), ids=list(V1_CODES))
@@ -267,6 +267,180 @@ def test_autumn_ambiguous_hour_takes_first_occurrence() -> None:
     assert event.occurred_at == utc(2024, 10, 27, 0, 30)
 
 
+# --- REST API, SMS and RCS: smsmode's own examples and SDK types ---
+
+def rest_fixture(feed: str, name: str, **changes: Any) -> RawRecord:
+    return rest(feed, with_(orjson.loads(fixture(name)), **changes))
+
+
+# An RCS reply in the SDK's orientation (`from` the agent, `recipient.to` the person).
+REST_RCS_MO = orjson.loads(fixture("smsmode/rest-rcs-mo-suggestion-production-thirdparty.json"))
+RCS_BODY_TEXT = {"type": "TEXT", "text": "STOP"}
+
+# (label, record, phone, counterpart): who the person is in a reply, on each channel and in
+# every orientation seen; the other field is our side (scope of a STOP).
+PERSON_CASES: list[tuple[str, RawRecord, str, str]] = [
+    ("rcs_spec_example_person_in_from",
+     rest_fixture("mo", "smsmode/rest-rcs-mo-suggestion-spec.json"), "+33600000000", "RcsAgent"),
+    ("rcs_production_person_in_recipient",
+     rest_fixture("mo", "smsmode/rest-rcs-mo-suggestion-production-thirdparty.json"), "+33633921577",
+     "Messaging Me (TEST)"),
+    ("rcs_text_stop_person_in_recipient", rest("mo", with_(REST_RCS_MO, body=RCS_BODY_TEXT)), "+33633921577",
+     "Messaging Me (TEST)"),
+    ("rcs_both_numbers_sdk_order_recipient_first",
+     rest("mo", with_(REST_RCS_MO, **{"from": "33611111111"})), "+33633921577", "+33611111111"),
+    ("sms_documented_person_in_from", rest("mo", REST_MO), "+33601020304", "36034"),
+    ("sms_person_in_recipient", rest("mo", with_(REST_MO, **{"from": "36034"}, recipient={"to": "33601020304"})),
+     "+33601020304", "36034"),
+    ("sms_both_numbers_documented_order_from_first",
+     rest("mo", with_(REST_MO, recipient={"to": "33611111111"})), "+33601020304", "+33611111111"),
+    ("no_channel_reads_as_sms", rest("mo", with_(REST_MO, channel=None, **{"from": "36034"},
+                                                 recipient={"to": "33601020304"})), "+33601020304", "36034"),
+    ("channel_from_type_field", rest("mo", with_(REST_RCS_MO, channel=None)), "+33633921577", "Messaging Me (TEST)"),
+    ("number_written_with_spaces", rest("mo", with_(REST_MO, **{"from": "+33 6 01 02 03 04"})), "+33601020304",
+     "36034"),
+    ("national_number_with_region", rest("mo", with_(REST_MO, **{"from": "0601020304"})), "+33601020304", "36034"),
+]
+
+
+@pytest.mark.parametrize(("label", "raw", "phone", "counterpart"), PERSON_CASES, ids=[c[0] for c in PERSON_CASES])
+def test_the_person_of_a_rest_reply(label: str, raw: RawRecord, phone: str, counterpart: str) -> None:
+    [event] = smsmode.parse(raw, CTX)
+    assert (event.phone, event.counterpart) == (phone, counterpart)
+
+
+def test_rest_examples() -> None:
+    [dlr] = smsmode.parse(rest_fixture("status", "smsmode/rest-rcs-status-delivered-spec.json"), CTX)
+    assert (dlr.kind, dlr.status, dlr.reason, dlr.provider_status, dlr.provider_reason) == (
+        Kind.STATUS, Status.DELIVERED, None, "DELIVERED", None)
+    assert (dlr.phone, dlr.counterpart, dlr.message_ref, dlr.user_ref) == (
+        "+33600000000", "RcsAgent", "e5ab32e9-caf1-464b-92ac-382a0899445f", "reference")
+    assert dlr.occurred_at == utc(2025, 4, 1, 16, 0, 10)
+    # A real report: no `direction`, a CARD body, READ.
+    [read] = smsmode.parse(rest_fixture("status", "smsmode/rest-rcs-status-read-card-production-thirdparty.json"), CTX)
+    assert (read.kind, read.status, read.provider_status, read.phone) == (
+        Kind.STATUS, Status.DELIVERED, "READ", "+33633921577")
+    [mo] = smsmode.parse(rest_fixture("mo", "smsmode/rest-rcs-mo-suggestion-spec.json"), CTX)
+    assert (mo.kind, mo.body, mo.provider_event_id, mo.message_ref) == (
+        Kind.INBOUND, "Oui, je veux découvrir 📅", "82f71ab3-2e74-4da7-a9d8-bba0e23337a5",
+        "efbc1edd-4de7-4629-8f9d-8cb57123436b")
+    assert mo.dedupe_key == natural_key("smsmode", "inbound", "82f71ab3-2e74-4da7-a9d8-bba0e23337a5")
+
+
+# (label, body, kind, text, event_type): a reply's body by its type (RCS; an SMS body has none).
+MO_BODIES: list[tuple[str, Any, Kind, str | None, str | None]] = [
+    ("text", {"type": "TEXT", "text": "STOP"}, Kind.INBOUND, "STOP", None),
+    ("basic", {"type": "BASIC", "text": "Stop"}, Kind.INBOUND, "Stop", None),
+    ("sms_without_type", {"text": "STOP", "length": 4, "encoding": "GSM7"}, Kind.INBOUND, "STOP", None),
+    ("suggestion_label", {"type": "SUGGESTION", "text": "STOP", "postbackData": "stop"}, Kind.INBOUND, "STOP", None),
+    ("location", {"type": "LOCATION", "latitude": 48.8566, "longitude": 2.3522}, Kind.EVENT, None, "LOCATION"),
+    ("file", {"type": "FILE", "fileUrl": "https://x.test/v.mp4", "filename": "v.mp4", "contentType": "video/mp4"},
+     Kind.EVENT, None, "FILE"),
+    ("unknown_type_with_text", {"type": "STICKER", "text": "hi"}, Kind.INBOUND, "hi", None),
+    ("lower_case_type", {"type": "location"}, Kind.EVENT, None, "LOCATION"),
+]
+
+
+@pytest.mark.parametrize(("label", "body", "kind", "text", "event_type"), MO_BODIES, ids=[b[0] for b in MO_BODIES])
+def test_rest_reply_bodies(label: str, body: Any, kind: Kind, text: str | None, event_type: str | None) -> None:
+    [event] = smsmode.parse(rest("mo", with_(REST_RCS_MO, body=body)), CTX)
+    assert (event.kind, event.body, event.event_type, event.phone) == (kind, text, event_type, "+33633921577")
+    assert event.dedupe_key == natural_key("smsmode", kind.value, REST_RCS_MO["messageId"])
+
+
+# smsmode's SDK (`@smsmode/rcs` 1.0.0, RcsStatusValue and RcsStatusDetail): every status value and
+# every detail, expected here independently of the module's tables. A detail's status, when it has
+# one, replaces the value's; the value below is UNDELIVERABLE (failed, other).
+SDK_VALUES: dict[str, Status] = {
+    "SCHEDULED": Status.QUEUED, "ENROUTE": Status.SENT, "DELIVERED": Status.DELIVERED,
+    "READ": Status.DELIVERED, "UNDELIVERABLE": Status.FAILED, "UNDELIVERED": Status.FAILED,
+}
+SDK_DETAILS: dict[str, tuple[Status, Reason]] = {
+    "IN_PROGRESS": (Status.FAILED, Reason.OTHER),
+    "DELIVERED_TO_NETWORK": (Status.FAILED, Reason.OTHER),
+    "INSUFFICIENT_CREDIT": (Status.REJECTED, Reason.OTHER),
+    "DAILY_LIMIT_EXCEEDED": (Status.REJECTED, Reason.OTHER),
+    "ORGANISATION_MONTHLY_LIMIT_EXCEEDED": (Status.REJECTED, Reason.OTHER),
+    "ROUTE_NOT_AVAILABLE": (Status.FAILED, Reason.OTHER),
+    "SPAM": (Status.REJECTED, Reason.BLOCKED),
+    "INVALID_PHONE_NUMBER": (Status.REJECTED, Reason.INVALID_NUMBER),
+    "BLACKLISTED": (Status.REJECTED, Reason.OPTED_OUT),
+    "PHONE_NOT_SUITABLE": (Status.FAILED, Reason.OTHER),
+    "NETWORK_NOT_SUITABLE": (Status.FAILED, Reason.OTHER),
+    "MEDIA_INVALID": (Status.REJECTED, Reason.OTHER),
+    "EXPIRED": (Status.EXPIRED, Reason.EXPIRED),
+    "CANCELLED": (Status.FAILED, Reason.OTHER),
+    "INTERNAL_ERROR": (Status.FAILED, Reason.OTHER),
+}
+
+
+def rest_status(value: str, detail: str | None = None, **changes: Any) -> RawRecord:
+    status = {"value": value, "deliveryDate": "2025-03-01T10:00:05+01:00"}
+    return rest("status", with_(REST_MT, status=status if detail is None else {**status, "detail": detail}, **changes))
+
+
+def test_every_sdk_value_and_detail_is_a_row() -> None:
+    assert {smsmode._code(v) for v in SDK_VALUES} <= smsmode.STATUS.keys()
+    assert smsmode.DETAIL.keys() == {smsmode._code(d) for d in SDK_DETAILS}
+
+
+@pytest.mark.parametrize(("value", "expected"), SDK_VALUES.items(), ids=list(SDK_VALUES))
+def test_every_sdk_status_value(value: str, expected: Status) -> None:
+    [event] = smsmode.parse(rest_status(value), CTX)
+    assert (event.status, event.provider_status, event.provider_reason) == (expected, value, None)
+
+
+@pytest.mark.parametrize(("detail", "expected"), SDK_DETAILS.items(), ids=list(SDK_DETAILS))
+@pytest.mark.parametrize("channel", ["SMS", "RCS"])
+def test_every_sdk_status_detail(channel: str, detail: str, expected: tuple[Status, Reason]) -> None:
+    events = smsmode.parse(rest_status("UNDELIVERABLE", detail, channel={"type": channel}), CTX)
+    status = events[0]
+    assert (status.kind, status.status, status.reason) == (Kind.STATUS, *expected)
+    assert (status.provider_status, status.provider_reason) == ("UNDELIVERABLE", detail)
+    assert [e.kind for e in events[1:]] == ([Kind.CONSENT] if detail == "BLACKLISTED" else [])
+
+
+def test_progress_details_leave_the_value_alone() -> None:
+    for value, detail, expected in (("ENROUTE", "DELIVERED_TO_NETWORK", Status.SENT),
+                                    ("SCHEDULED", "IN_PROGRESS", Status.QUEUED),
+                                    ("DELIVERED", "DELIVERED_TO_NETWORK", Status.DELIVERED)):
+        [event] = smsmode.parse(rest_status(value, detail), CTX)
+        assert (event.status, event.reason) == (expected, None)
+
+
+def test_undelivered_expired_is_expired() -> None:
+    [event] = smsmode.parse(rest_status("UNDELIVERED", "EXPIRED"), CTX)
+    assert (event.status, event.reason) == (Status.EXPIRED, Reason.EXPIRED)
+
+
+def test_blacklisted_detail_is_3999() -> None:
+    """The same status, reason and consent event as the HTTP API's code 3999, keyed like a REST report."""
+    [status, consent] = smsmode.parse(rest_status("UNDELIVERABLE", "BLACKLISTED"), CTX)
+    [v1_status, v1_consent] = smsmode.parse(get("status", dlr(statut="3999")), CTX)
+    assert (status.status, status.reason) == (v1_status.status, v1_status.reason)
+    assert (consent.kind, consent.consent, consent.scope) == (v1_consent.kind, v1_consent.consent, v1_consent.scope)
+    assert (consent.phone, consent.phone_raw, consent.provider_reason) == (
+        "+33612345678", "+33612345678", "BLACKLISTED")
+    key = hashed_key("smsmode", "status", "m-mt", "UNDELIVERABLE", "2025-03-01T10:00:05+01:00")
+    assert (status.dedupe_key, consent.dedupe_key) == (key, key + ":consent")
+
+
+def test_blacklisted_without_a_recipient_is_no_consent_event() -> None:
+    assert [e.kind for e in smsmode.parse(rest_status("UNDELIVERABLE", "BLACKLISTED", recipient=None), CTX)] == [
+        Kind.STATUS]
+
+
+def test_detail_rows_drive_the_consent_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a status code, a new opt-out detail is one row of CONSENT, not code."""
+    monkeypatch.setitem(smsmode.CONSENT, "spam", Outcome.OPT_OUT)
+    assert [e.kind for e in smsmode.parse(rest_status("UNDELIVERABLE", "SPAM"), CTX)] == [Kind.STATUS, Kind.CONSENT]
+
+
+def test_unknown_detail_keeps_the_value_and_its_text() -> None:
+    [event] = smsmode.parse(rest_status("UNDELIVERABLE", "SOMETHING_NEW"), CTX)
+    assert (event.status, event.reason, event.provider_reason) == (Status.FAILED, Reason.OTHER, "SOMETHING_NEW")
+
+
 GARBAGE: list[tuple[str, RawRecord, str]] = [
     ("empty_get", get("status", ""), "no callback parameters"),
     ("empty_body_and_query", record("smsmode", "mo", b""), "no callback parameters"),
@@ -288,7 +462,10 @@ GARBAGE: list[tuple[str, RawRecord, str]] = [
     ("unrelated_params_on_status", get("status", {"foo": "bar"}), "'smsID'"),
     ("rest_without_message_id", rest("status", with_(REST_MT, messageId=None)), "'messageId'"),
     ("rest_message_id_object", rest("status", with_(REST_MT, messageId={"id": 1})), "'messageId'"),
-    ("rest_mo_without_from", rest("mo", with_(REST_MO, **{"from": ""})), "'from'"),
+    ("rest_mo_without_from", rest("mo", with_(REST_MO, **{"from": ""})), "no phone number in a reply"),
+    ("rest_mo_short_codes_only", rest("mo", with_(REST_MO, **{"from": "36034"})), "no phone number in a reply"),
+    ("rest_rcs_mo_agents_only", rest("mo", with_(REST_RCS_MO, **{"from": "Agent"}, recipient={"to": "RcsAgent"})),
+     "no phone number in a reply"),
     ("rest_unknown_direction", rest("mo", with_(REST_MO, direction="XX")), "direction"),
     ("rest_no_direction_no_status", rest("mo", with_(REST_MO, direction=None)), "direction"),
     ("rest_date_not_iso", rest("status", with_(REST_MT, status={"value": "SENT", "deliveryDate": "soon"})),
