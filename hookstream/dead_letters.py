@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from redis import Redis
 from redis.exceptions import RedisError
 
+from hookstream.terminal import visible
 from shared.record import RawRecord
 from shared.settings import Settings
 
@@ -52,11 +53,13 @@ def where(args: argparse.Namespace) -> tuple[str, list[Any]]:
 
 
 def render_bytes(data: bytes) -> tuple[str, str]:
-    """("text", …) for printable UTF-8, else ("hex", lines of 32 bytes): binary never garbles a terminal."""
+    """("text", …) for UTF-8 without C0 controls other than tab, CR and LF, else ("hex", lines of 32
+    bytes): binary never garbles a terminal. The text keeps its newlines and tabs; anything else a
+    terminal would act on (CR, C1 controls, bidi overrides and isolates) is shown escaped (`visible`)."""
     try:
         text = data.decode("utf-8")
         if not any((c < " " and c not in "\t\r\n") or c == "\x7f" for c in text):
-            return "text", text
+            return "text", visible(text, keep="\t\n")
     except UnicodeDecodeError:
         pass
     return "hex", "\n".join(data[i : i + 32].hex(" ") for i in range(0, len(data), 32))
@@ -73,18 +76,21 @@ def record_from_row(row: Row) -> RawRecord | None:
 
 
 def format_list(found: list[Row], total: int) -> str:
+    """One line per dead letter; the text columns through `visible` (a reason may quote the provider)."""
     line = "{:>7}  {:19}  {:24}  {:>5}  {:8}  {}".format
     lines = [line("id", "last seen (UTC)", "provider/feed", "tries", "requeued", "reason")]
     lines += [line(r["id"], f"{r['last_seen'].astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
-                   f"{r['provider'] or '-'}/{r['feed'] or '-'}", r["attempts"], "yes" if r["requeued_at"] else "",
-                   (r["reason"] or "")[:80]) for r in found]
+                   visible(f"{r['provider'] or '-'}/{r['feed'] or '-'}"), r["attempts"],
+                   "yes" if r["requeued_at"] else "", visible((r["reason"] or "")[:80])) for r in found]
     return "\n".join(lines + [f"{total} dead letter(s) match, {len(found)} shown"])
 
 
 def format_show(row: Row) -> str:
+    """Every field on a line of its own through `visible`, the headers as one line of JSON; then the query
+    and the body (`render_bytes`)."""
     keys = "id stream_id provider feed method reason attempts received_at first_seen last_seen requeued_at client"
-    lines = [f"{k}: {row[k]}" for k in (*keys.split(), "content_type")]
-    lines.append("headers: " + orjson.dumps(row["headers"], option=orjson.OPT_SORT_KEYS).decode())
+    lines = [f"{k}: {visible(str(row[k]))}" for k in (*keys.split(), "content_type")]
+    lines.append("headers: " + visible(orjson.dumps(row["headers"], option=orjson.OPT_SORT_KEYS).decode()))
     for name in ("query", "body"):
         kind, shown = render_bytes(bytes(row[name]))
         lines += [f"{name} ({kind}, {len(row[name])} bytes):", shown]

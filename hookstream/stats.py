@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from hookstream.terminal import visible
 from shared.settings import Settings
 
 COUNTS = ("delivered", "failed", "expired", "rejected", "sent", "queued", "unknown", "total")
@@ -63,11 +64,12 @@ def to_json(rows: list[Row], days: int, provider: str | None) -> str:
 
 
 def format_table(rows: list[Row], days: int) -> str:
-    """Aligned columns; a sender the provider does not tell shows as "-", the provider's total as "(total)"."""
+    """Aligned columns; a sender the provider does not tell shows as "-", the provider's total as "(total)".
+    Senders come from the providers' reports: shown through `visible`, measured after escaping."""
     if not rows:
         return f"no message statuses in the last {days} day(s)"
     head = ("provider", "sender", "day", *COUNTS, "rate")
-    cells = [head] + [(r["provider"], (r["sender"] or "-") if r["day"] is not None else "(total)",
+    cells = [head] + [(visible(r["provider"]), visible(r["sender"] or "-") if r["day"] is not None else "(total)",
                        r["day"].isoformat() if r["day"] is not None else "",
                        *(str(r[k]) for k in COUNTS),
                        "-" if r["delivery_rate"] is None else f"{r['delivery_rate'] * 100:.1f}%")

@@ -13,6 +13,7 @@ import redis
 from starlette.testclient import TestClient
 
 from hookstream.dead_letters import parse_when, record_from_row, render_bytes
+from hookstream.terminal import UNSAFE, visible
 from shared.record import RawRecord
 from shared.settings import Settings
 from tests.ops.conftest import Cli
@@ -66,6 +67,57 @@ def test_bytes_are_text_only_when_printable_utf8() -> None:
     assert render_bytes(BINARY) == ("hex", "ff fe 00 67 61 72 62 61 67 65")
     assert render_bytes(b"a\x00b") == ("hex", "61 00 62")  # valid UTF-8, but a NUL is not for a terminal
     assert render_bytes(bytes(range(40)))[1].count("\n") == 1  # 32 bytes a line
+
+
+# ESC sequences (clear screen, window title, colour), a C1 CSI, bidi override/isolates/marks, separators, a CR.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eevil\u2066x\u2069\u200f\u061c\u2028\u2029\r\x7f"
+HOSTILE_SHOWN = "\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\u202eevil\\u2066x\\u2069\\u200f\\u061c\\u2028\\u2029\\r\\x7f"
+
+
+def test_visible_escapes_controls_bidi_and_separators() -> None:
+    assert visible(HOSTILE) == HOSTILE_SHOWN
+    assert visible("\u202a\u202b\u202c\u202d\u2067\u2068\u200e\x00\x85\x9f") == (
+        "\\u202a\\u202b\\u202c\\u202d\\u2067\\u2068\\u200e\\x00\\x85\\x9f")
+    assert visible("a\tb\nc", keep="\n") == "a\\tb\nc"
+    assert visible("héllo 🛑 \\x1b ok") == "héllo 🛑 \\x1b ok"  # printable text is left alone
+    # Text that is no terminal control (C1 ends at U+009F) or bidi control passes as it is.
+    assert visible("\xa0\u00ad\u200b\u2030") == "\xa0\u00ad\u200b\u2030"
+
+
+def test_bytes_shown_as_text_escape_what_a_terminal_would_act_on() -> None:
+    body = "\u202eRLO\u2069 line one\r\n\tline two\u0085".encode()
+    assert render_bytes(body) == ("text", "\\u202eRLO\\u2069 line one\\r\n\tline two\\x85")
+    assert render_bytes("\x1b[31m\u202e".encode())[0] == "hex"  # C0 controls: binary, shown as hex
+
+
+def test_provider_text_is_escaped_in_list_and_show(settings: Settings, db: psycopg.Connection, cli: Cli) -> None:
+    headers = {"x-note\u202e": f"a{HOSTILE}", "content-type": "application/json"}
+    [binary, text] = [rows(db, "INSERT INTO dead_letters (stream_id, provider, feed, method, reason, body, query,"
+                                " headers, content_type, client, received_at) VALUES (%s, 'mx2', 'webhook', 'POST',"
+                                " %s, %s, %s, %s, %s, '203.0.113.9', now()) RETURNING id",
+                           stream_id, f"normalizer failed: {HOSTILE}", body, "q=\u202eevil\u2069&r=\x85".encode(),
+                           json.dumps(headers), f"text/plain{HOSTILE}")[0]["id"]
+                      for stream_id, body in (("1-1", f"{{{HOSTILE}}}".encode()),
+                                              ("1-2", "{\u202eevil\u2069}\n\t\u2028".encode()))]
+
+    def printed_controls(out: str) -> set[str]:
+        return {c for c in out if UNSAFE.match(c)}
+
+    code, out = cli(settings, "dead-letters", "list")
+    assert code == 0 and printed_controls(out) == {"\n"}  # only the line breaks between rows
+    assert out.count(f"normalizer failed: {HOSTILE_SHOWN[:40]}") == 2
+
+    code, out = cli(settings, "dead-letters", "show", str(binary))
+    assert code == 0 and printed_controls(out) == {"\n"}
+    assert f"reason: normalizer failed: {HOSTILE_SHOWN}" in out
+    assert f"content_type: text/plain{HOSTILE_SHOWN}" in out
+    assert '"x-note\\u202e":"a\\u001b[2J' in out and "\\u2066x\\u2069" in out  # headers: one line of JSON
+    assert "query (text, 17 bytes):\nq=\\u202eevil\\u2069&r=\\x85" in out  # no C0 control: text, escaped
+    assert "body (hex, " in out and "7b 1b 5b 32 4a" in out  # the ESC in the body: binary, as hex
+
+    code, out = cli(settings, "dead-letters", "show", str(text))
+    assert code == 0 and printed_controls(out) == {"\n", "\t"}  # the body's own layout: newline and tab
+    assert "body (text, 17 bytes):\n{\\u202eevil\\u2069}\n\t\\u2028" in out
 
 
 def test_list_show_and_filters(ingress_client: TestClient, drain: Drain, settings: Settings, db: psycopg.Connection,

@@ -13,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from hookstream.stats import with_totals
+from hookstream.terminal import UNSAFE, visible
 from shared.settings import Settings
 from tests.ops.conftest import Cli
 from tests.workers.conftest import Drain
@@ -135,6 +136,19 @@ def test_stats_table(ingress_client: TestClient, drain: Drain, settings: Setting
 
     code, out = cli(settings, "stats", "--provider", "nobody")
     assert (code, out.strip()) == (0, "no message statuses in the last 14 day(s)")
+
+
+def test_a_senders_controls_are_escaped_in_the_table(ingress_client: TestClient, drain: Drain, settings: Settings,
+                                                      cli: Cli) -> None:
+    sender = "\x1b]0;pwned\x07\x1b[31mINFO\u202eevil\u2069\x9b"
+    post(ingress_client, "/webhooks/smsmode/status", smsmode("m1", "DELIVERED", sender, at(TODAY)))
+    drain()
+    code, out = cli(settings, "stats")
+    assert code == 0 and not UNSAFE.search(out.replace("\n", ""))
+    assert out.splitlines()[1].split()[:3] == ["smsmode", visible(sender), TODAY.isoformat()]
+    assert visible(sender) == "\\x1b]0;pwned\\x07\\x1b[31mINFO\\u202eevil\\u2069\\x9b"
+    code, out = cli(settings, "stats", "--json")  # JSON escapes these itself (\u001b, \u202e)
+    assert json.loads(out)["rows"][0]["sender"] == sender and not UNSAFE.search(out.replace("\n", ""))
 
 
 def test_stats_reports_postgres_down(settings: Settings, cli: Cli, closed_port: int) -> None:
