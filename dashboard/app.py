@@ -40,6 +40,7 @@ from dashboard.cache import TTLCache
 from dashboard.review import Decider, Refused, api_decider
 from dashboard.session import (COOKIE, CSRF_FIELD, CSRF_HEADER, SECRET_ENV, Session, Signer, cookie_secure, csrf_ok,
                                same_origin)
+from hookstream.terminal import visible
 from shared.settings import Settings
 
 log = logging.getLogger("hookstream.dashboard")
@@ -93,6 +94,7 @@ def _env() -> Environment:
     env.filters["num"] = lambda v: "?" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
     env.filters["pct"] = lambda v: "–" if v is None else f"{float(v) * 100:.1f}%"
     env.filters["when"] = lambda iso: iso[:19].replace("T", " ") if iso else ""  # times come in UTC (TimeZone=UTC)
+    env.filters["visible"] = visible  # provider text: controls and bidi overrides shown escaped, as in the CLI
     env.filters["utc"] = lambda t: t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
     env.globals["asset"] = lambda name: f"{STATIC_PREFIX}/{name}?v={ASSET_VERSIONS[name]}"
     return env

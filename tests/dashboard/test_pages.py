@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import socket
 from typing import Any
@@ -16,6 +17,7 @@ from api.auth import ApiTokens
 from dashboard.app import DATA_PATHS, PARTIAL_PATHS, STATIC_FILES
 from dashboard.session import COOKIE
 from hookstream import stats, status
+from hookstream.terminal import UNSAFE
 from shared.settings import Settings
 from tests.dashboard.conftest import (
     AUTH,
@@ -341,6 +343,21 @@ def test_dead_letter_details(web: TestClient, ingress_client: TestClient, drain:
     assert f"hookstream dead-letters requeue {letter['id']}" in detail.text
     assert web.get("/dashboard/dead-letters?id=99999").status_code == 404
     assert web.get("/dashboard/dead-letters?id=abc").status_code == 422
+
+
+def test_dead_letter_text_shows_controls_and_bidi_escaped(web: TestClient, db: psycopg.Connection) -> None:
+    hostile = "\x1b[31m\u202eevil\u2069\x9b\u2028"
+    [letter] = rows(db, "INSERT INTO dead_letters (stream_id, provider, feed, method, reason, body, query, headers,"
+                        " content_type, client) VALUES ('1-1', 'mx2', 'webhook', 'POST', %s, %s, '', %s, %s, '')"
+                        " RETURNING id", f"parse error: {hostile}", "{\u202eevil\u2069}".encode(),
+                    json.dumps({"x-note": hostile}), f"text/plain{hostile}")
+    shown = "\\x1b[31m\\u202eevil\\u2069\\x9b\\u2028"
+    pages = [web.get(path, headers=AUTH).text for path in (
+        "/dashboard/dead-letters", f"/dashboard/dead-letters?id={letter['id']}", "/dashboard/partial/flow")]
+    for page in pages:
+        assert not UNSAFE.search(page.replace("\n", "")) and f"parse error: {shown}" in page
+    assert f"text/plain{shown}" in pages[1] and "{\\u202eevil\\u2069}" in pages[1]
+    assert "\\u001b[31m\\u202eevil" in pages[1]  # the headers' JSON: JSON's own escape, then ours
 
 
 @pytest.mark.parametrize("raw", [
