@@ -24,7 +24,8 @@ class Feed:
 FEEDS: tuple[Feed, ...] = (
     Feed("/webhooks/cm/mo", "cm", "mo", ("GET", "POST")),
     Feed("/webhooks/cm/events", "cm", "events"),
-    Feed("/webhooks/cm/status", "cm", "status"),
+    # CM sends status reports by POST (JSON or XML) or, if the account chose it, by GET.
+    Feed("/webhooks/cm/status", "cm", "status", ("GET", "POST")),
     Feed("/webhooks/smsmode/mo", "smsmode", "mo", ("GET", "POST")),
     Feed("/webhooks/smsmode/status", "smsmode", "status", ("GET", "POST")),
     Feed("/webhooks/mx2", "mx2", "webhook"),

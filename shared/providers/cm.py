@@ -2,15 +2,18 @@
 
 CM signs nothing and gives each product its own URL, so a feed takes only its own shapes: "mo"
 takes the SMS MO webhook (Json, Xml or Get) and the Business Messaging incoming message (told apart
-by shape: there `from` is an object), "events" the incoming events, "status" the status reports.
-A body of another feed's shape is a ParseError saying so, not a guess.
+by shape: there `from` is an object), "events" the incoming events, "status" the status reports
+(the format an account chooses: JSON `messages.msg`, XML under a `MESSAGES` root with or without
+its older `SENT` attribute, or the flat GET query `reference, sent, received, to, statuscode,
+errorcode, errordescription`). A body of another feed's shape is a ParseError saying so, not a guess.
 
 Identity: only events carry an id (top-level `reference`, older payloads `event.reference`). An MO's
 and a status report's `reference` echoes our MT's reference (message_ref and user_ref), so their
 keys hash raw content: CM retries an MO every 5 minutes for a month and every retry must collapse.
 
 Time: `timeUtc` (`yyyy-MM-ddTHH:mm:ss`, UTC without offset) for Business Messaging; the status
-report's `received` (format unconfirmed) is read as ISO-8601 or `yyyy-MM-dd HH:mm:ss`, assumed UTC.
+report's `received` (the moment CM registered the report; format unconfirmed, `2009-06-15T13:45:30`
+in a third-party example) is read as ISO-8601 or `yyyy-MM-dd HH:mm:ss`, assumed UTC.
 No key depends on them, so a value that is not a date (the template's "[CREATED_S]") gives
 occurred_at None. The SMS MO carries no time: None (the worker keeps our receive time).
 """
@@ -35,8 +38,9 @@ from shared.times import from_iso
 NAME = "cm"
 FEEDS = frozenset({"mo", "events", "status"})
 
-# Keys are lower case. The numeric codes are unconfirmed (providers.md §1d); the words are CM's
-# documented vocabulary. CM's errorCode table is not public, so no reason is guessed.
+# Keys are lower case. The numeric codes 0-3 are those the Salesforce plugin in CM's GitHub
+# organization reads (0 Accepted, 1 Rejected, 2 Delivered, 3 Failed; 4 is unconfirmed); the words
+# are CM's documented vocabulary (providers.md §1d).
 STATUS: dict[str, tuple[Status, Reason | None]] = {
     # 0: accepted by the operator, delivery not yet confirmed
     "0": (Status.SENT, None),
@@ -54,6 +58,40 @@ STATUS: dict[str, tuple[Status, Reason | None]] = {
     "failed": (Status.FAILED, None),
     "read": (Status.DELIVERED, None),
 }
+
+# The report's error code, when the status is a failure: CM's status report specification (§4 of
+# its "http_SR" document, as transcribed by a third-party integration; CM's current pages do not
+# publish it). Codes not listed keep the status row's reason; the raw code stays in the payload.
+ERROR_REASONS: dict[str, Reason] = {
+    "5": Reason.OTHER,  # undelivered, no detail known
+    "7": Reason.OTHER,  # not yet delivered: subscriber credit, being retried
+    # expired in the operator's SMSC without another reason
+    "8": Reason.EXPIRED,
+    "20": Reason.OTHER,  # undeliverable in its current form
+    "21": Reason.OTHER,  # expired while retried for subscriber credit
+    "22": Reason.OTHER,  # refused for subscriber credit
+    # incorrect, invalid, blacklisted or permanently barred MSISDN: not to be used again
+    "23": Reason.INVALID_NUMBER,
+    "24": Reason.OTHER,  # subscriber temporarily absent
+    "25": Reason.OTHER,  # temporary operator network error
+    "26": Reason.OTHER,  # temporary phone error (SIM full…)
+    "27": Reason.OTHER,  # handset permanently unable to receive this content
+    # suspected spam on the operator network
+    "28": Reason.BLOCKED,
+    # this content is not permitted on the network or short code
+    "29": Reason.BLOCKED,
+    "30": Reason.OTHER,  # subscriber spend limit reached
+    "31": Reason.OTHER,  # subscriber cannot be billed
+    # adult content: parental lock, failed or missing age verification
+    "33": Reason.BLOCKED,
+    "34": Reason.BLOCKED,
+    "35": Reason.BLOCKED,
+    "36": Reason.BLOCKED,
+    # on the national blacklist (NL "SMS dienstenfilter", a block on paid services): blocked, but
+    # not an opt-out from this sender, so no consent event
+    "37": Reason.BLOCKED,
+}
+_FAILURES = frozenset({Status.FAILED, Status.REJECTED, Status.EXPIRED})
 
 # Instagram/Messenger marketing-message opt-ins: CM decided them (optout.md §5).
 _OPT_IN_EVENTS = frozenset({"optinsubscribed", "optinextended"})
@@ -120,7 +158,7 @@ def _xml_dict(element: Element, depth: int) -> dict[str, Any]:
 
 def _shape(fields: Mapping[str, Any]) -> str | None:
     """Which CM product a body came from; None when it fits none (the feed's parser says what is missing)."""
-    if "messages" in fields or "msg" in fields:
+    if "messages" in fields or "msg" in fields or "statuscode" in fields:
         return _REPORT
     if "event" in fields:
         return _BM_EVENT
@@ -236,22 +274,31 @@ def _reports(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> list
     if messages is not None and not isinstance(messages, dict):
         raise ParseError("'messages' is not an object")
     found = lower_keys(messages).get("msg") if messages is not None else fields.get("msg")
+    if found is None and messages is None and ("statuscode" in fields or "status" in fields):
+        return [_report(record, data, _flat_report(fields), ctx)]  # the GET form: one report, flat
     items = found if isinstance(found, list) else [found]
     if found is None or not items:
-        raise ParseError("status report without messages.msg")
+        raise ParseError("status report without messages.msg (or a flat statuscode)")
     events: list[Event] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ParseError(f"status report msg #{index} is not an object")
-        event = _report(record, item, ctx)
+        event = _report(record, item, lower_keys(item), ctx)
         seen[event.dedupe_key] = count = seen.get(event.dedupe_key, 0) + 1
         events.append(event if count == 1 else replace(event, dedupe_key=f"{event.dedupe_key}#{count}"))
     return events
 
 
-def _report(record: RawRecord, item: dict[str, Any], ctx: ParseContext) -> Event:
-    msg = lower_keys(item)
+def _flat_report(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The GET form's parameters as the msg the JSON and XML forms carry, so all three key alike."""
+    code = fields["statuscode"] if "statuscode" in fields else fields.get("status")
+    status = {"code": code, "errorcode": fields.get("errorcode"), "errordescription": fields.get("errordescription")}
+    return {"received": fields.get("received"), "to": fields.get("to"), "reference": fields.get("reference"),
+            "status": status}
+
+
+def _report(record: RawRecord, payload: dict[str, Any], msg: Mapping[str, Any], ctx: ParseContext) -> Event:
     recipient, reference = _scalar(msg, "to"), _scalar(msg, "reference")
     if recipient is None and reference is None:
         raise ParseError("status report msg has neither 'to' nor 'reference'")
@@ -259,10 +306,12 @@ def _report(record: RawRecord, item: dict[str, Any], ctx: ParseContext) -> Event
     detail = lower_keys(status) if isinstance(status, dict) else {"code": status}
     code, received = _scalar(detail, "code"), _scalar(msg, "received")
     normalized, reason = STATUS.get((code or "").lower(), (Status.UNKNOWN, None))
+    if normalized in _FAILURES:
+        reason = ERROR_REASONS.get(_scalar(detail, "errorcode") or "", reason)
     return Event(
         provider=NAME, feed=record.feed, kind=Kind.STATUS,
         dedupe_key=hashed_key(NAME, Kind.STATUS, reference, recipient, code, received),
-        payload=item, occurred_at=_utc(received), message_ref=reference, user_ref=reference,
+        payload=payload, occurred_at=_utc(received), message_ref=reference, user_ref=reference,
         phone=_who(recipient, None, ctx), phone_raw=recipient, status=normalized, provider_status=code,
         provider_reason=_scalar(detail, "errordescription"), reason=reason,
     )

@@ -107,7 +107,7 @@ def test_examples_land_byte_exact(ingress: Factory, redis_client: redis.Redis, l
 
 @pytest.mark.parametrize(("method", "path", "status"), [
     ("POST", "/webhooks/unknown", 404), ("POST", "/webhooks/cm/nope", 404), ("POST", "/", 404),
-    ("GET", "/webhooks/cm/status", 405), ("PUT", "/webhooks/mx2", 405), ("GET", "/webhooks/gatewayapi", 405),
+    ("GET", "/webhooks/cm/events", 405), ("PUT", "/webhooks/mx2", 405), ("GET", "/webhooks/gatewayapi", 405),
 ])
 def test_unknown_route_and_wrong_method(ingress: Factory, redis_client: redis.Redis, method: str, path: str, status: int) -> None:
     assert ingress().request(method, path, content=b"{}").status_code == status
@@ -264,7 +264,7 @@ def test_direct_path_answers_as_the_router_does(ingress: Factory, redis_client: 
     assert refused.text == "source address not allowed"
     redirected = client.post("/webhooks/cm/mo/", content=BRIEF_CM_MO, headers=JSON, follow_redirects=False)
     assert redirected.status_code == 307
-    assert client.get("/webhooks/cm/status").headers["allow"] == "POST"
+    assert client.get("/webhooks/cm/events").headers["allow"] == "POST"
     assert len(stored(redis_client)) == 1
 
 

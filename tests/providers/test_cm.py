@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import ParseError
-from shared.events import Event, Kind, Outcome, Status
+from shared.events import Event, Kind, Outcome, Reason, Status
 from shared.providers import cm
 from shared.providers.base import ParseContext
 from shared.record import RawRecord
@@ -254,6 +255,58 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
                                    content_type=XML), "nested too deeply"),
     ("unknown_feed", record("cm", "dlr", b"{}"), "unknown cm feed"),
 ]
+# --- status reports as an account may choose them: the flat GET form, the older XML root ---
+# The GET parameter names a third-party integration reads (tests/fixtures/README.md).
+GET_PARAMS = example("cm/dlr-get-params-thirdparty.txt").decode().split()
+GET_VALUES = {"reference": "ref-1", "sent": "2025-09-03T08:00:01", "received": "2025-09-03T08:00:05",
+              "to": "0031612345678", "statuscode": "2", "errorcode": "0", "errordescription": ""}
+
+
+def get_report(**values: str) -> RawRecord:
+    """A GET status report: every documented parameter, in order, with `values` overriding."""
+    merged = {**GET_VALUES, **values}
+    return status(b"", method="GET", content_type="", query=urlencode([(name, merged[name]) for name in GET_PARAMS]))
+
+
+CASES += [
+    ("thirdparty_dlr_get", get_report(), [{
+        "kind": Kind.STATUS, "status": Status.DELIVERED, "provider_status": "2", "message_ref": "ref-1",
+        "user_ref": "ref-1", "phone": "+31612345678", "phone_raw": "0031612345678", "occurred_at": TIME,
+        "provider_reason": None, "reason": None, "payload": GET_VALUES}]),
+    ("thirdparty_dlr_get_failed_invalid_number", get_report(statuscode="3", errorcode="23",
+                                                            errordescription="Unknown subscriber"), [{
+        "status": Status.FAILED, "reason": Reason.INVALID_NUMBER, "provider_reason": "Unknown subscriber"}]),
+    ("thirdparty_dlr_get_token_not_kept", status(b"", method="GET", query="reference=r&to=%2B31612345678&statuscode=0"
+                                                 "&token=s3cret"), [{
+        "status": Status.SENT, "payload": {"reference": "r", "to": "+31612345678", "statuscode": "0"}}]),
+    # The Salesforce plugin in CM's GitHub organization reads a GET report as REFERENCE and STATUS
+    # (CMTelecom/cm-salesforce-plugin, src/classes/CMTelecomWebServiceGateway.cls): names in any case,
+    # `status` for `statuscode`.
+    ("salesforce_plugin_dlr_get_upper_case", status(b"", method="GET", query="REFERENCE=r9&STATUS=1"), [{
+        "status": Status.REJECTED, "provider_status": "1", "message_ref": "r9", "phone": None}]),
+    ("thirdparty_dlr_xml_messages_sent_root", status(example("cm/dlr-xml-messages-sent-thirdparty.xml"),
+                                                     content_type="text/xml"), [{
+        "kind": Kind.STATUS, "status": Status.UNKNOWN, "provider_status": "200", "provider_reason": "No Error",
+        "message_ref": "ref-3f2a", "phone": "+31612345678",
+        "occurred_at": datetime(2009, 6, 15, 13, 45, 30, tzinfo=UTC)}]),
+    ("mo_receives_status_get", mo(b"", method="GET", query="reference=r&to=%2B316&statuscode=2"),
+     "looks like a status report, arrived on mo"),
+    ("status_get_without_to_or_reference", status(b"", method="GET", query="statuscode=2&received=x"),
+     "neither 'to' nor 'reference'"),
+    ("status_get_without_status", status(b"", method="GET", query="reference=r&to=1"), "or a flat statuscode"),
+]
+# Every row of the error-code table, on a failed report; a delivered report keeps no reason.
+CASES += [(f"status_error_code_{code}", status(dlr("3", status={"code": "3", "errorCode": code})), [{
+    "status": Status.FAILED, "reason": reason}]) for code, reason in cm.ERROR_REASONS.items()]
+CASES += [
+    ("status_error_code_on_rejected", status(dlr("1", status={"code": "1", "errorCode": "37"})), [{
+        "status": Status.REJECTED, "reason": Reason.BLOCKED, "consent": None}]),
+    ("status_error_code_ignored_when_delivered", status(dlr("2", status={"code": "2", "errorCode": "23"})), [{
+        "status": Status.DELIVERED, "reason": None}]),
+    ("status_error_code_unlisted_keeps_row_reason", status(dlr("3", status={"code": "3", "errorCode": "99"})), [{
+        "status": Status.FAILED, "reason": None}]),
+]
+
 # Every row of the status table, as CM would send it in JSON.
 CASES += [(f"status_table_{code}", status(dlr(code)), [{"status": expected[0], "reason": expected[1],
                                                         "provider_status": code}])
@@ -401,3 +454,13 @@ def test_any_bytes_never_raise_other_errors(
             _check_invariants(raw, cm.parse(raw, CTX))
         except ParseError:
             pass
+
+
+def test_status_report_formats_share_one_key() -> None:
+    """JSON, XML and GET forms of one report name the same content, so they dedupe alike."""
+    json_key = cm.parse(status(dlr(status={"code": "2", "errorCode": "0"})), CTX)[0].dedupe_key
+    get_key = cm.parse(get_report(), CTX)[0].dedupe_key
+    xml = (b'<MESSAGES SENT="2025-09-03T08:00:06"><MSG RECEIVED="2025-09-03T08:00:05"><TO>0031612345678</TO>'
+           b"<REFERENCE>ref-1</REFERENCE><STATUS><CODE>2</CODE><ERRORCODE>0</ERRORCODE></STATUS></MSG></MESSAGES>")
+    xml_key = cm.parse(status(xml, content_type=XML), CTX)[0].dedupe_key
+    assert json_key == get_key == xml_key
