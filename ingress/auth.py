@@ -72,11 +72,17 @@ def strip_token(query: bytes) -> bytes:
     return b"&".join(part for part in query.split(b"&") if not _is_token(part))
 
 
+# Claims GatewayAPI adds to the token beyond the payload (its published example carries both); the
+# body may leave them out, and when it repeats one it must repeat it exactly.
+GATEWAYAPI_EXTRA_CLAIMS = frozenset({"callback_url", "api"})
+
+
 def check_gatewayapi_jwt(headers: Mapping[str, str], secret: Secret, body: bytes) -> None:
     """Legacy REST: `X-Gwapi-Signature` is an HS256 JWT whose claims are the payload; nothing else is accepted.
 
-    GatewayAPI repeats the payload unsigned in the body, so the token alone binds nothing: every
-    field of the body must be a claim of the same value, or a captured token could carry any body.
+    GatewayAPI repeats the payload unsigned in the body, so the token alone binds nothing: the
+    body must be the claims, field for field and type for type, or a captured token could carry
+    another body (one that leaves out `time`, or says `1.0` where the token says `1`).
     """
     token = headers.get("x-gwapi-signature")
     if not token:
@@ -89,19 +95,68 @@ def check_gatewayapi_jwt(headers: Mapping[str, str], secret: Secret, body: bytes
                 claims = jwt.decode(token, key, algorithms=["HS256"], options={"require": []})
         except jwt.InvalidTokenError:
             continue
-        if not _signed_body(claims, body):
+        if not signed_body(claims, body):
             raise InvalidSignature("the body is not the payload X-Gwapi-Signature signs")
         return
     raise InvalidSignature("X-Gwapi-Signature does not verify")
 
 
-def _signed_body(claims: Mapping[str, object], body: bytes) -> bool:
-    """Whether the body is a JSON object whose every field is a claim of the same value."""
-    try:
-        data = json.loads(body)  # the json module, as PyJWT decodes the claims
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond the parser
+def signed_body(claims: Mapping[str, object], body: bytes) -> bool:
+    """Whether the body is a JSON object with exactly the claims' fields (the extra claims may be
+    left out), each the same JSON value as its claim."""
+    data = _json_object(body)
+    if data is None:
         return False
-    return isinstance(data, dict) and all(name in claims and claims[name] == value for name, value in data.items())
+    expected = {name: value for name, value in claims.items()
+                if name not in GATEWAYAPI_EXTRA_CLAIMS or name in data}
+    return same_json(expected, data)
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    """The body as a JSON object, or None: strict UTF-8, no repeated field, no NaN or Infinity.
+
+    A body that two parsers could read differently (the worker uses another one) is refused.
+    """
+    try:
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=_object_without_repeats,
+                          parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, ambiguous, or nested beyond the parser
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a field appears twice")
+    return found
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def same_json(left: object, right: object) -> bool:
+    """Equal as JSON values, types included at every depth: 1, 1.0 and true differ, "1" is not 1.
+
+    Python's == says 1 == 1.0 == True. A loop, not recursion: a deep body fails, never overflows.
+    """
+    pending = [(left, right)]
+    while pending:
+        a, b = pending.pop()
+        if type(a) is not type(b):
+            return False
+        if type(a) is dict:
+            if a.keys() != b.keys():  # type: ignore[attr-defined]
+                return False
+            pending.extend((a[name], b[name]) for name in a)  # type: ignore[index]
+        elif type(a) is list:
+            if len(a) != len(b):  # type: ignore[arg-type]
+                return False
+            pending.extend(zip(a, b))  # type: ignore[call-overload]
+        elif a != b:
+            return False
+    return True
 
 
 def check_gatewayapi_hmac(headers: Mapping[str, str], body: bytes, secret: Secret) -> None:

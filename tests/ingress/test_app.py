@@ -284,3 +284,46 @@ def test_a_refused_append_is_503_and_the_next_lands(ingress: Factory, redis_clie
     redis_client.delete("hookstream:raw")
     assert client.post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers=JSON).status_code == 200
     assert len(stored(redis_client)) == 1
+
+
+# -- from a security review: what a token binds, what a record may hold, what HEAD does ------------
+
+# GatewayAPI's published example (onlinecity/gatewayapi-docs docs/rest.rst, "Authentication token"),
+# secret "secret"; its claims are the payload below plus `callback_url` and `api`.
+GWAPI_TOKEN = ("eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJpZCI6MjM4MTcwMywibXNpc2RuIjo0NTQyNjA5MDQ1LCJ0aW1lIjoxNTIyNzY0M"
+               "DYyLCJzdGF0dXMiOiJERUxJVkVSRUQiLCJlcnJvciI6bnVsbCwiY29kZSI6bnVsbCwidXNlcnJlZiI6bnVsbCwiY2FsbGJhY2tfdXJsIjo"
+               "iaHR0cDovL2JiYWY3MTQyLm5ncm9rLmlvIiwiYXBpIjo0fQ.KdfDH65bnQtgxEkFnpAQodOciAJedZFB13r9wEo8t3Y")
+GWAPI_PAYLOAD = {"id": 2381703, "msisdn": 4542609045, "time": 1522764062, "status": "DELIVERED", "error": None,
+                 "code": None, "userref": None}
+
+
+def test_official_jwt_verifies_with_the_payload_as_body(ingress: Factory, redis_client: redis.Redis) -> None:
+    from shared.settings import Secret
+
+    client = ingress(GWAPI_IP, gatewayapi_secret=Secret("secret"))
+    response = client.post("/webhooks/gatewayapi", content=json.dumps(GWAPI_PAYLOAD),
+                           headers={**JSON, "x-gwapi-signature": GWAPI_TOKEN})
+    assert response.status_code == 200, response.text
+    assert len(stored(redis_client)) == 1
+
+
+@pytest.mark.parametrize("label", ["time left out", "time as a float", "id as a string", "null as false",
+                                   "unsigned field added", "status repeated"])
+def test_a_captured_jwt_does_not_carry_another_body(ingress: Factory, redis_client: redis.Redis, label: str) -> None:
+    """A captured DELIVERED token replayed with a body without `time` sorted after a newer status."""
+    from shared.settings import Secret
+
+    payload: dict[str, object] = dict(GWAPI_PAYLOAD)
+    if label == "time left out":
+        del payload["time"]
+    changed = {"time as a float": {"time": 1522764062.0}, "id as a string": {"id": "2381703"},
+               "null as false": {"error": False}, "unsigned field added": {"note": "x"}}
+    payload.update(changed.get(label, {}))
+    body = json.dumps(payload).encode()
+    if label == "status repeated":  # a parser that keeps the first value reads EXPIRED
+        body = b'{"status": "EXPIRED", ' + body[1:]
+    client = ingress(GWAPI_IP, gatewayapi_secret=Secret("secret"))
+    response = client.post("/webhooks/gatewayapi", content=body, headers={**JSON, "x-gwapi-signature": GWAPI_TOKEN})
+    assert response.status_code == 401
+    assert stored(redis_client) == []
+
