@@ -7,6 +7,11 @@ by shape: there `from` is an object), "events" the incoming events, "status" the
 its older `SENT` attribute, or the flat GET query `reference, sent, received, to, statuscode,
 errorcode, errordescription`). A body of another feed's shape is a ParseError saying so, not a guess.
 
+Who a `number` names depends on the channel (CHANNELS): an MSISDN on SMS, WhatsApp, RCS and Viber,
+the platform's own account id elsewhere (Apple, Messenger, Instagram…), kept as sent so that a
+short all-digit id never becomes somebody's phone number. Consent decided by CM is data too:
+CONSENT_EVENTS lists the incoming event types that are one.
+
 Identity: only events carry an id (top-level `reference`, older payloads `event.reference`). An MO's
 and a status report's `reference` echoes our MT's reference (message_ref and user_ref), so their
 keys hash raw content: CM retries an MO every 5 minutes for a month and every retry must collapse.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from enum import Enum
 from typing import Any, Mapping
 from xml.etree.ElementTree import Element
 
@@ -93,14 +99,53 @@ ERROR_REASONS: dict[str, Reason] = {
 }
 _FAILURES = frozenset({Status.FAILED, Status.REJECTED, Status.EXPIRED})
 
-# Instagram/Messenger marketing-message opt-ins: CM decided them (optout.md §5).
-_OPT_IN_EVENTS = frozenset({"optinsubscribed", "optinextended"})
-# Channels whose `number` is an account id (IGSID, PSID…): normalizing a digits-only id would
-# invent a phone number, so it is kept as it came.
-_ID_CHANNELS = frozenset(
-    {"instagram", "messenger", "facebook", "facebook messenger", "twitter", "telegram",
-     "apple messages for business", "google business messages"}
-)
+
+class Identity(Enum):
+    """What a channel's `number` fields hold."""
+
+    PHONE = "phone"  # an MSISDN: normalized to E.164, the raw value kept beside
+    ACCOUNT = "account"  # the platform's own user, page or agent id: kept as sent
+
+
+# Channels CM documents (incoming-messages page, its per-channel pages and CM's SDK channel enums),
+# keyed by the name in lower case without spaces or punctuation ("Apple Business Chat" →
+# "applebusinesschat"). A payload without a channel (SMS MO, status reports) names phone numbers;
+# a channel not listed here names ids, so that a new channel's short all-digit id is never
+# normalized into somebody's phone number.
+CHANNELS: dict[str, Identity] = {
+    "sms": Identity.PHONE,
+    "whatsapp": Identity.PHONE,
+    # the person's MSISDN; our side is an agent id ("00cm.com_agent") that the phone rules keep
+    "rcs": Identity.PHONE,
+    "viber": Identity.PHONE,
+    "voice": Identity.PHONE,
+    # Apple ids (an opaque user id, a business GUID). Incoming messages still say
+    # "Apple Business Chat"; the SDKs call the channel "iMessage".
+    "applebusinesschat": Identity.ACCOUNT,
+    "applemessagesforbusiness": Identity.ACCOUNT,
+    "imessage": Identity.ACCOUNT,
+    "instagram": Identity.ACCOUNT,  # IGSID and Instagram account id
+    "facebookmessenger": Identity.ACCOUNT,  # page-scoped user id (PSID) and page id
+    "messenger": Identity.ACCOUNT,
+    "facebook": Identity.ACCOUNT,
+    "googlebusinessmessages": Identity.ACCOUNT,
+    "telegram": Identity.ACCOUNT,
+    "twitter": Identity.ACCOUNT,
+    "line": Identity.ACCOUNT,
+    # a phone number or an app installation id, not told apart: kept as sent rather than guessed
+    "push": Identity.ACCOUNT,
+    "mobilepush": Identity.ACCOUNT,
+}
+
+# Incoming event types (lower case) that are the person's own consent decision, taken by CM
+# (optout.md §5), with the channel CM documents them on, assumed when a payload names none.
+# Each yields one CONSENT event for the sender in the scope of the account it went to.
+CONSENT_EVENTS: dict[str, tuple[Outcome, str]] = {
+    # Marketing Messages (Facebook Messenger, Instagram): the person subscribed
+    "optinsubscribed": (Outcome.OPT_IN, "Facebook Messenger"),
+    # ...or pressed "Continue messages" before the subscription's token expired
+    "optinextended": (Outcome.OPT_IN, "Facebook Messenger"),
+}
 _SMS_MO, _BM_MESSAGE = "an SMS MO", "a Business Messaging incoming message"
 _BM_EVENT, _REPORT = "a Business Messaging event", "a status report"
 _FEED_SHAPES = {"mo": {_SMS_MO, _BM_MESSAGE}, "events": {_BM_EVENT}, "status": {_REPORT}}
@@ -211,8 +256,15 @@ def _utc(value: str | None) -> datetime | None:
         return None
 
 
+def _identity(channel: str | None) -> Identity:
+    """What the numbers of a payload on `channel` hold (see CHANNELS); no channel: phone numbers."""
+    if channel is None:
+        return Identity.PHONE
+    return CHANNELS.get("".join(ch for ch in channel.lower() if ch.isalnum()), Identity.ACCOUNT)
+
+
 def _who(raw: str | None, channel: str | None, ctx: ParseContext) -> str | None:
-    if raw is None or (channel or "").lower() in _ID_CHANNELS:
+    if raw is None or _identity(channel) is Identity.ACCOUNT:
         return raw
     return normalize_phone(raw, ctx.default_region)
 
@@ -254,15 +306,15 @@ def _event(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> Event:
         key = natural_key(NAME, Kind.EVENT, f"{event_type}:{inner_id}")
     else:  # (type, event.reference, from, to, timeUtc), with event.reference absent
         key = hashed_key(NAME, Kind.EVENT, event_type, None, sender, recipient, time_utc)
-    opt_in = event_type.lower() in _OPT_IN_EVENTS
-    # An opt-in's subject is the IGSID/PSID and its scope our account id: both kept as they came.
-    phone, counterpart = (sender, recipient) if opt_in else (_who(sender, channel, ctx), _who(recipient, channel, ctx))
+    consent, documented_on = CONSENT_EVENTS.get(event_type.lower(), (None, None))
+    channel = channel or documented_on
+    # A consent decision's scope is the account it was sent to, kept as it came.
     return Event(
-        provider=NAME, feed=record.feed, kind=Kind.CONSENT if opt_in else Kind.EVENT, dedupe_key=key,
+        provider=NAME, feed=record.feed, kind=Kind.EVENT if consent is None else Kind.CONSENT, dedupe_key=key,
         payload=data, occurred_at=_utc(time_utc), provider_event_id=top_id or inner_id,
-        message_ref=_scalar(fields, "messagecontext"), phone=phone, phone_raw=sender,
-        counterpart=counterpart, counterpart_raw=recipient, event_type=event_type,
-        consent=Outcome.OPT_IN if opt_in else None, scope=recipient if opt_in else None,
+        message_ref=_scalar(fields, "messagecontext"), phone=_who(sender, channel, ctx), phone_raw=sender,
+        counterpart=_who(recipient, channel, ctx), counterpart_raw=recipient, event_type=event_type,
+        consent=consent, scope=None if consent is None else recipient,
     )
 
 

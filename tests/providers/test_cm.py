@@ -307,6 +307,38 @@ CASES += [
         "status": Status.FAILED, "reason": None}]),
 ]
 
+# --- Business Messaging channels: CM's published per-channel examples ---
+CASES += [
+    # Apple ids: a GUID from the person, 32 digits for our business (dashes removed, CM says)
+    ("published_mo_apple_business_chat", mo(example("cm/mo-apple-business-chat.json")), [{
+        "kind": Kind.INBOUND, "phone": "00000000-0000-0000-0000-000000000000",
+        "phone_raw": "00000000-0000-0000-0000-000000000000", "counterpart": "11111111111111111111111111111111",
+        "body": "Edit appointment", "message_ref": "515836578",
+        "occurred_at": datetime(2023, 9, 19, 14, 4, 45, tzinfo=UTC)}]),
+    # page-scoped ids, all digits: read as phone numbers, "12345678" would become "+12345678"
+    ("published_mo_facebook_messenger", mo(example("cm/mo-facebook-messenger.json")), [{
+        "kind": Kind.INBOUND, "phone": "87654321", "counterpart": "12345678", "counterpart_raw": "12345678",
+        "body": "Edit appointment", "message_ref": "my-reference",
+        "occurred_at": datetime(2021, 5, 27, 13, 47, 52, tzinfo=UTC)}]),
+    ("published_event_rcs_suggestionclick", events(example("cm/event-rcs-suggestionclick.json")), [{
+        "kind": Kind.EVENT, "event_type": "SuggestionClick", "phone": "+3161234678", "phone_raw": "003161234678",
+        "counterpart": "00cm.com_agent", "message_ref": "your_reference", "consent": None,
+        "provider_event_id": "a73bc8c0-ecd6-4b7b-a7de-b6b8e527bf73"}]),
+    ("published_event_rcs_istyping", events(example("cm/event-rcs-istyping.json")), [{
+        "kind": Kind.EVENT, "event_type": "isTyping", "phone": "+31765727000", "counterpart": "+3222556611",
+        "message_ref": None, "consent": None}]),
+    ("published_event_messenger_optinsubscribed", events(example("cm/event-messenger-optinsubscribed.json")), [{
+        "kind": Kind.CONSENT, "consent": Outcome.OPT_IN, "event_type": "OptInSubscribed",
+        "phone": "Recipients PSID", "scope": "Your Facebook account ID",
+        "occurred_at": datetime(2022, 10, 10, 12, 0, 0, tzinfo=UTC)}]),
+    ("published_event_messenger_optinextended", events(example("cm/event-messenger-optinextended.json")), [{
+        "kind": Kind.CONSENT, "consent": Outcome.OPT_IN, "event_type": "OptInExtended",
+        "phone": "Recipients PSID", "scope": "Your Facebook account ID"}]),
+    ("events_opt_in_digits_without_channel_kept_as_id", events({
+        "from": {"number": "12345678"}, "to": {"number": "87"}, "event": {"type": "OptInSubscribed"}}), [{
+        "kind": Kind.CONSENT, "phone": "12345678", "scope": "87"}]),
+]
+
 # Every row of the status table, as CM would send it in JSON.
 CASES += [(f"status_table_{code}", status(dlr(code)), [{"status": expected[0], "reason": expected[1],
                                                         "provider_status": code}])
@@ -454,6 +486,54 @@ def test_any_bytes_never_raise_other_errors(
             _check_invariants(raw, cm.parse(raw, CTX))
         except ParseError:
             pass
+
+
+# --- who a Business Messaging number names, per channel (CHANNELS) ---
+# Every channel CM documents, by the name its payloads or SDKs use, and channels it does not
+# document: an all-digit id too short to tell from a phone number is read as one only on a
+# phone channel. ("Apple Business Chat" is the name incoming Apple messages still carry.)
+PHONE, ACCOUNT = cm.Identity.PHONE, cm.Identity.ACCOUNT
+CHANNEL_NAMES: list[tuple[str, cm.Identity]] = [
+    ("SMS", PHONE), ("WhatsApp", PHONE), ("RCS", PHONE), ("Viber", PHONE), ("Voice", PHONE),
+    ("Apple Business Chat", ACCOUNT), ("Apple Messages for Business", ACCOUNT), ("iMessage", ACCOUNT),
+    ("Instagram", ACCOUNT), ("Facebook Messenger", ACCOUNT), ("Messenger", ACCOUNT), ("Facebook", ACCOUNT),
+    ("Google Business Messages", ACCOUNT), ("Telegram", ACCOUNT), ("Twitter", ACCOUNT), ("Line", ACCOUNT),
+    ("Push", ACCOUNT), ("MobilePush", ACCOUNT),
+    # not documented by CM: ids, never guessed into phone numbers
+    ("KakaoTalk", ACCOUNT), ("WeChat", ACCOUNT), ("X", ACCOUNT), ("Some Future Channel", ACCOUNT),
+    # spelled another way
+    ("whatsapp", PHONE), ("APPLE_BUSINESS_CHAT", ACCOUNT), ("FacebookMessenger", ACCOUNT), (" sms ", PHONE),
+]
+SHORT_ID = "12345678"  # 8 digits: the phone rules read it as "+12345678"
+
+
+@pytest.mark.parametrize(("channel", "identity"), CHANNEL_NAMES, ids=[name for name, _ in CHANNEL_NAMES])
+def test_channel_decides_what_a_number_is(channel: str, identity: cm.Identity) -> None:
+    message = {"from": {"number": SHORT_ID}, "to": {"number": SHORT_ID}, "message": {"text": "hi"},
+               "timeUtc": "2025-09-03T08:00:05", "channel": channel}
+    event = {**{k: v for k, v in message.items() if k != "message"}, "event": {"type": "X", "reference": "1"}}
+    expected = "+12345678" if identity is PHONE else SHORT_ID
+    for raw in (mo(message), events(event)):
+        [parsed] = cm.parse(raw, CTX)
+        assert (parsed.phone, parsed.counterpart, parsed.phone_raw) == (expected, expected, SHORT_ID)
+
+
+def test_every_channel_row_is_tested() -> None:
+    tested = {"".join(c for c in name.lower() if c.isalnum()) for name, _ in CHANNEL_NAMES}
+    assert set(cm.CHANNELS) <= tested
+    assert all(cm.CHANNELS[key] is identity for name, identity in CHANNEL_NAMES
+               if (key := "".join(c for c in name.lower() if c.isalnum())) in cm.CHANNELS)
+
+
+@pytest.mark.parametrize("event_type", sorted(cm.CONSENT_EVENTS))
+def test_consent_event_rows(event_type: str) -> None:
+    """Each row is a CONSENT event of its outcome, for the sender as sent, scoped to the account."""
+    outcome, channel = cm.CONSENT_EVENTS[event_type]
+    body = {"from": {"number": "1234"}, "to": {"number": "5678"}, "timeUtc": "2025-09-03T08:00:05",
+            "event": {"type": event_type.upper(), "reference": "9"}, "channel": channel}
+    [event] = cm.parse(events(body), CTX)
+    assert (event.kind, event.consent, event.phone, event.scope) == (Kind.CONSENT, outcome, "1234", "5678")
+    assert cm.CHANNELS["".join(c for c in channel.lower() if c.isalnum())] is ACCOUNT
 
 
 def test_status_report_formats_share_one_key() -> None:
