@@ -31,6 +31,16 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 READ_HEADERS = frozenset(name.encode() for name in (*KEPT_HEADERS, "content-length", "authorization"))
+KEPT_NAMES = frozenset(KEPT_HEADERS)
+
+# Each kept header is stored whole, so each has a cap. X-Gwapi-Signature is the largest real one:
+# a JWT repeats the whole payload in base64, so 32 KiB admits a signed payload of about 24 KB, far
+# beyond any GatewayAPI callback; no content type, user agent or `Signature` comes near it.
+MAX_KEPT_HEADER_BYTES = 32 * 1024
+# What a record may hold beyond HOOKSTREAM_MAX_BODY_BYTES: its query string and kept headers,
+# counted together with the body. A body at the limit still fits its ordinary headers, and no
+# record grows past the limit by more than this.
+RECORD_ALLOWANCE_BYTES = 8 * 1024
 
 
 class State(TypedDict):
@@ -43,6 +53,10 @@ class State(TypedDict):
 
 
 class BodyTooLarge(Exception):
+    pass
+
+
+class HeaderTooLarge(Exception):
     pass
 
 
@@ -62,9 +76,39 @@ def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], tu
     return found, tuple(forwarded)
 
 
+def kept_header_bytes(headers: dict[str, str]) -> int:
+    """The bytes the kept headers add to a record (latin-1: one character per byte received).
+
+    Raises HeaderTooLarge naming the first one over MAX_KEPT_HEADER_BYTES.
+    """
+    total = 0
+    for name, value in headers.items():  # the few headers read, not the four names looked up
+        if name in KEPT_NAMES:
+            size = len(value)
+            if size > MAX_KEPT_HEADER_BYTES:
+                raise HeaderTooLarge(name)
+            total += size
+    return total
+
+
+def body_limit(max_body_bytes: int, query: bytes, headers: dict[str, str]) -> int:
+    """How many body bytes this request may send: the body limit, or less when its query string
+    and kept headers leave less room in the record. Negative when they alone are too large."""
+    room = max_body_bytes + RECORD_ALLOWANCE_BYTES - len(query) - kept_header_bytes(headers)
+    return min(max_body_bytes, room)
+
+
+def _declares_more(declared: str | None, limit: int) -> bool:
+    """Whether Content-Length announces more than `limit`; a value that is no length is left to
+    the streaming count (`isdigit` alone admits "²", which int() refuses)."""
+    if declared is None or not (declared.isascii() and declared.isdigit()):
+        return False
+    return len(declared) > 18 or int(declared) > limit  # 19 digits is beyond any limit, and int() caps digits
+
+
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The body, refused early on Content-Length and while streaming when there is none."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if limit < 0 or _declares_more(declared, limit):
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -106,14 +150,19 @@ class WebhookEndpoint:
         if not state["sources"].admits(feed.provider, client):
             log.warning("refused %s/%s from %s: not in the allow-list", feed.provider, feed.feed, client or peer)
             return await self._answer(state, send, "forbidden", 403, b"source address not allowed")
+        query: bytes = scope.get("query_string", b"")
         try:
-            body = await read_body(receive, headers.get("content-length"), settings.max_body_bytes)
+            limit = body_limit(settings.max_body_bytes, query, headers)
+            body = await read_body(receive, headers.get("content-length"), limit)
+        except HeaderTooLarge as exc:
+            text = f"{exc} header longer than {MAX_KEPT_HEADER_BYTES} bytes".encode()
+            return await self._answer(state, send, "too_large", 413, text)
         except BodyTooLarge:
-            text = f"body larger than {settings.max_body_bytes} bytes".encode()
+            text = (f"body larger than {settings.max_body_bytes} bytes, or body, query string and kept "
+                    f"headers larger than {settings.max_body_bytes + RECORD_ALLOWANCE_BYTES} together").encode()
             return await self._answer(state, send, "too_large", 413, text)
         except Disconnected:  # nothing to store, and nobody left to answer
             return await self._answer(state, send, "disconnected", 400)
-        query: bytes = scope.get("query_string", b"")
         try:
             check_credentials(feed, settings, query, headers, body)
         except InvalidSignature as exc:

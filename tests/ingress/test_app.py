@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -14,7 +15,8 @@ import redis
 from starlette.testclient import TestClient
 
 from ingress.app import create_app
-from shared.record import RawRecord
+from ingress.webhook import MAX_KEPT_HEADER_BYTES, RECORD_ALLOWANCE_BYTES, BodyTooLarge, read_body
+from shared.record import KEPT_HEADERS, RawRecord
 from shared.settings import NetList, Settings
 from tests.providers.util import example
 
@@ -327,3 +329,54 @@ def test_a_captured_jwt_does_not_carry_another_body(ingress: Factory, redis_clie
     assert response.status_code == 401
     assert stored(redis_client) == []
 
+@pytest.mark.parametrize("name", KEPT_HEADERS)
+def test_a_kept_header_over_its_cap_is_413_and_stores_nothing(ingress: Factory, redis_client: redis.Redis,
+                                                              name: str) -> None:
+    client = ingress()
+    for size in (MAX_KEPT_HEADER_BYTES + 1, 4 * 1024 * 1024):
+        response = client.post("/webhooks/cm/mo", content=BRIEF_CM_MO, headers={**JSON, name: "a" * size})
+        assert response.status_code == 413
+        assert name in response.text
+    assert stored(redis_client) == []
+    assert client.post("/webhooks/cm/mo", content=BRIEF_CM_MO,
+                       headers={**JSON, name: "a" * MAX_KEPT_HEADER_BYTES}).status_code == 200
+    assert len(stored(redis_client)) == 1
+
+
+def test_body_query_and_kept_headers_count_together(ingress: Factory, redis_client: redis.Redis) -> None:
+    limit = 1000
+    client = ingress(max_body_bytes=limit)
+    under = b"x" * (limit - 1)
+    big_query = "q=" + "a" * RECORD_ALLOWANCE_BYTES
+    big_agent = {"user-agent": "a" * MAX_KEPT_HEADER_BYTES}  # each within its cap, too much together
+    assert client.post(f"/webhooks/cm/mo?{big_query}", content=under, headers=JSON).status_code == 413
+    assert client.post("/webhooks/cm/mo", content=under, headers={**JSON, **big_agent}).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        yield under
+
+    assert client.post(f"/webhooks/cm/mo?{big_query}", content=chunks(), headers=JSON).status_code == 413
+    assert client.get(f"/webhooks/cm/mo?{big_query}{'a' * limit}").status_code == 413
+    assert stored(redis_client) == []
+    # A body at the limit with ordinary headers, and a query using the room a GET leaves: stored.
+    assert client.post("/webhooks/cm/mo?a=1", content=b"x" * limit, headers=JSON).status_code == 200
+    assert client.get(f"/webhooks/cm/mo?{big_query}").status_code == 200
+    for record in stored(redis_client):
+        kept = sum(len(value) for value in record.headers.values())
+        assert len(record.body) + len(record.query) + kept <= limit + RECORD_ALLOWANCE_BYTES
+
+
+
+async def _small_body() -> dict[str, object]:
+    return {"type": "http.request", "body": b"{}", "more_body": False}
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "\u0663", "-1", "1e3", " 5", ""])
+def test_a_content_length_that_is_no_length_is_left_to_the_count(declared: str) -> None:
+    """`"²".isdigit()` is true and int() refuses it: that was a 500 waiting for a lenient server."""
+    assert asyncio.run(read_body(_small_body, declared, 100)) == b"{}"
+
+
+def test_a_content_length_of_thousands_of_digits_is_413_not_a_500() -> None:
+    with pytest.raises(BodyTooLarge):  # int() refuses more than 4,300 digits
+        asyncio.run(read_body(_small_body, "9" * 5000, 100))
