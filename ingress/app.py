@@ -1,10 +1,11 @@
 """The ingress: check where a request comes from, append it raw to the stream, answer fast.
 
 Order of checks (the contract): route (404/405) → source (403) → size (413) → signature or
-token (401) → append (200, or 503 so the provider retries). A 4xx stores nothing; nothing in
-the body is parsed here. The webhook routes are ingress/webhook.py; a request whose path and
-method match one exactly goes straight to it, everything else through Starlette's router
-(404, 405, redirects, probes, metrics).
+token (401) → append (200, or 503 so the provider retries). A 4xx stores nothing, and neither
+does HEAD (a probe, answered after the source check); nothing in the body is parsed here. The
+webhook routes are ingress/webhook.py; a request whose path and method match one exactly goes
+straight to it, everything else through Starlette's router (404, 405, redirects, probes,
+metrics, and HEAD, which Starlette adds to every GET route).
 """
 
 from __future__ import annotations

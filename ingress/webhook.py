@@ -1,5 +1,6 @@
 """One provider feed's route as a plain ASGI app: source (403) → size (413) → signature or token
-(401) → append (200, or 503 so the provider retries).
+(401) → append (200, or 503 so the provider retries). HEAD, a reachability probe, is answered
+after the source check and stores nothing.
 
 It reads the ASGI scope and messages itself instead of building Starlette requests and
 responses: at thousands of requests per second that framework work cost more CPU than every
@@ -150,6 +151,8 @@ class WebhookEndpoint:
         if not state["sources"].admits(feed.provider, client):
             log.warning("refused %s/%s from %s: not in the allow-list", feed.provider, feed.feed, client or peer)
             return await self._answer(state, send, "forbidden", 403, b"source address not allowed")
+        if scope["method"] == "HEAD":  # a probe: it may learn that the route is there, nothing more
+            return await self._answer(state, send, "probe", 200)
         query: bytes = scope.get("query_string", b"")
         try:
             limit = body_limit(settings.max_body_bytes, query, headers)

@@ -329,6 +329,7 @@ def test_a_captured_jwt_does_not_carry_another_body(ingress: Factory, redis_clie
     assert response.status_code == 401
     assert stored(redis_client) == []
 
+
 @pytest.mark.parametrize("name", KEPT_HEADERS)
 def test_a_kept_header_over_its_cap_is_413_and_stores_nothing(ingress: Factory, redis_client: redis.Redis,
                                                               name: str) -> None:
@@ -365,6 +366,29 @@ def test_body_query_and_kept_headers_count_together(ingress: Factory, redis_clie
         kept = sum(len(value) for value in record.headers.values())
         assert len(record.body) + len(record.query) + kept <= limit + RECORD_ALLOWANCE_BYTES
 
+
+@pytest.mark.parametrize("path", ["/webhooks/smsmode/mo", "/webhooks/smsmode/status", "/webhooks/cm/mo",
+                                  "/webhooks/cm/status"])
+def test_head_is_answered_and_stores_nothing(ingress: Factory, redis_client: redis.Redis, path: str) -> None:
+    """smsmode's GET feed carries opt-outs (status 3999): a HEAD must never become one."""
+    client = ingress()
+    opt_out = "numero=33612345678&statut=3999&smsID=abc&date_reception=2024-01-01+10:00:00"
+    response = client.head(f"{path}?{opt_out}")
+    assert (response.status_code, response.content, response.headers["content-length"]) == (200, b"", "0")
+    assert client.head(f"{path}/?{opt_out}", follow_redirects=True).status_code == 200
+    assert stored(redis_client) == []
+    assert client.get(f"{path}?{opt_out}").status_code == 200
+    assert [record.method for record in stored(redis_client)] == ["GET"]
+
+
+def test_head_keeps_the_source_check_and_the_routes_methods(ingress: Factory, redis_client: redis.Redis) -> None:
+    assert ingress(OUTSIDE_IP).head("/webhooks/cm/mo").status_code == 403
+    assert ingress(GWAPI_IP).head("/webhooks/gatewayapi").status_code == 405  # POST only: HEAD as GET
+    assert ingress().head("/webhooks/mx2").status_code == 405
+    local = ingress("127.0.0.1", local_profile=True)
+    assert local.head("/webhooks/smsmode/mo").status_code == 200
+    assert 'outcome="probe",provider="smsmode"} 1.0' in local.get("/metrics").text
+    assert stored(redis_client) == []
 
 
 async def _small_body() -> dict[str, object]:
