@@ -16,7 +16,8 @@ User messages carry the person in `event.sender` and a `content` whose shape dep
 (see CONTENT): an object `{message, encoding, header}` for an SMS text, a plain string for an RCS
 text, `{latitude, longitude}` for a location and `{category, thumbnail, payload}` for a file. The
 published shapes name no number of ours, so `counterpart` is set only when a `recipient` or
-`receiver` is sent all the same.
+`receiver` is sent all the same; without it a STOP's outcome is kept on its event, but it names
+no scope (what the person replied to) for a consent change to apply to.
 
 Time: the legacy DLR `time` and MO `senttime` are UNIX seconds (UTC by definition). The new API's
 `event.status_at` / `event.sent_at`, falling back to the envelope `timestamp`, are ISO-8601 with
