@@ -1,7 +1,8 @@
 """CM.com: SMS MO replies, Business Messaging incoming messages and events, status reports.
 
 CM signs nothing and gives each product its own URL, so a feed takes only its own shapes: "mo"
-takes the SMS MO webhook (Json, Xml or Get) and the Business Messaging incoming message (told apart
+takes the SMS MO webhook (Json, Xml or Get; its Xml shares the status reports' MESSAGES/MSG
+envelope, told apart by its elements) and the Business Messaging incoming message (told apart
 by shape: there `from` is an object), "events" the incoming events, "status" the status reports
 (the format an account chooses: JSON `messages.msg`, XML under a `MESSAGES` root with or without
 its older `SENT` attribute, or the flat GET query `reference, sent, received, to, statuscode,
@@ -146,6 +147,14 @@ CONSENT_EVENTS: dict[str, tuple[Outcome, str]] = {
     # ...or pressed "Continue messages" before the subscription's token expired
     "optinextended": (Outcome.OPT_IN, "Facebook Messenger"),
 }
+# The SMS MO "Xml" format puts replies in the status report's envelope, MESSAGES/MSG, with
+# elements of its own (as the Salesforce plugin in CM's GitHub organization receives them): each
+# is named here by the SMS MO JSON field it is. `ID` is CM's id of the reply; `SENT`, of unstated
+# zone, stays in the payload only.
+XML_MO_FIELDS: dict[str, str] = {
+    "sender": "from", "receiver": "to", "message": "body", "reference": "reference",
+    "customgrouping": "grouping1", "customgrouping2": "grouping2", "customgrouping3": "grouping3",
+}
 _SMS_MO, _BM_MESSAGE = "an SMS MO", "a Business Messaging incoming message"
 _BM_EVENT, _REPORT = "a Business Messaging event", "a status report"
 _FEED_SHAPES = {"mo": {_SMS_MO, _BM_MESSAGE}, "events": {_BM_EVENT}, "status": {_REPORT}}
@@ -164,6 +173,10 @@ def parse(record: RawRecord, ctx: ParseContext) -> list[Event]:
         return _reports(record, data, ctx)
     if record.feed == "events":
         return [_event(record, data, ctx)]
+    fields = lower_keys(data)
+    if shape == _SMS_MO and ("messages" in fields or "msg" in fields):
+        return _numbered([_inbound(record, item, ctx, business=False, names=XML_MO_FIELDS)
+                          for item in _msg_items(fields, "SMS MO without messages.msg")])
     return [_inbound(record, data, ctx, business=shape == _BM_MESSAGE)]
 
 
@@ -203,7 +216,9 @@ def _xml_dict(element: Element, depth: int) -> dict[str, Any]:
 
 def _shape(fields: Mapping[str, Any]) -> str | None:
     """Which CM product a body came from; None when it fits none (the feed's parser says what is missing)."""
-    if "messages" in fields or "msg" in fields or "statuscode" in fields:
+    if "messages" in fields or "msg" in fields:
+        return _SMS_MO if _holds_replies(fields) else _REPORT
+    if "statuscode" in fields:
         return _REPORT
     if "event" in fields:
         return _BM_EVENT
@@ -212,6 +227,40 @@ def _shape(fields: Mapping[str, Any]) -> str | None:
     if "from" in fields or "body" in fields:
         return _SMS_MO
     return None
+
+
+def _holds_replies(fields: Mapping[str, Any]) -> bool:
+    """MESSAGES/MSG holding SMS MO elements (a sender or a text, no status) rather than reports."""
+    try:
+        items = _msg_items(fields, "no msg")
+    except ParseError:
+        return False
+    return all(isinstance(item, dict) and "status" not in (keys := lower_keys(item))
+               and ("sender" in keys or "message" in keys) for item in items)
+
+
+def _msg_items(fields: Mapping[str, Any], missing: str) -> list[Any]:
+    """The msg entries of a `messages.msg` (or bare `msg`) envelope, one or a list; `missing` is
+    the ParseError when there are none."""
+    messages = fields.get("messages")
+    if messages is not None and not isinstance(messages, dict):
+        raise ParseError("'messages' is not an object")
+    found = lower_keys(messages).get("msg") if messages is not None else fields.get("msg")
+    items = found if isinstance(found, list) else [found]
+    if found is None or not items:
+        raise ParseError(missing)
+    return items
+
+
+def _numbered(events: list[Event]) -> list[Event]:
+    """Keys stay content-only, so an item resent in another request still collapses; only an exact
+    repeat inside one request gets a `#n` suffix."""
+    seen: dict[str, int] = {}
+    numbered = []
+    for event in events:
+        seen[event.dedupe_key] = count = seen.get(event.dedupe_key, 0) + 1
+        numbered.append(event if count == 1 else replace(event, dedupe_key=f"{event.dedupe_key}#{count}"))
+    return numbered
 
 
 def _scalar(fields: Mapping[str, Any], name: str) -> str | None:
@@ -269,9 +318,11 @@ def _who(raw: str | None, channel: str | None, ctx: ParseContext) -> str | None:
     return normalize_phone(raw, ctx.default_region)
 
 
-def _inbound(record: RawRecord, data: dict[str, Any], ctx: ParseContext, business: bool) -> Event:
-    """An SMS MO (`from`/`to` strings, `body`) or a Business Messaging message (`from.number`, `message.text`)."""
-    fields = lower_keys(data)
+def _inbound(record: RawRecord, data: dict[str, Any], ctx: ParseContext, business: bool,
+             names: Mapping[str, str] | None = None) -> Event:
+    """An SMS MO (`from`/`to` strings, `body`; other element `names` mapped onto those) or a
+    Business Messaging message (`from.number`, `message.text`)."""
+    fields = {(names or {}).get(key, key): value for key, value in lower_keys(data).items()}
     sender, recipient, channel = _number(fields, "from"), _number(fields, "to"), _scalar(fields, "channel")
     if sender is None:
         raise ParseError("incoming message without 'from.number'" if business else "SMS MO without 'from'")
@@ -283,9 +334,10 @@ def _inbound(record: RawRecord, data: dict[str, Any], ctx: ParseContext, busines
     parts = [sender, recipient, body, reference, _groupings(fields)] + ([time_utc, channel] if business else [])
     return Event(
         provider=NAME, feed=record.feed, kind=Kind.INBOUND, dedupe_key=hashed_key(NAME, Kind.INBOUND, *parts),
-        payload=data, occurred_at=_utc(time_utc), message_ref=reference, user_ref=reference, body=body,
-        phone=_who(sender, channel, ctx), phone_raw=sender, counterpart=_who(recipient, channel, ctx),
-        counterpart_raw=recipient,
+        payload=data, occurred_at=_utc(time_utc), provider_event_id=_scalar(fields, "id") if names else None,
+        message_ref=reference,
+        user_ref=reference, body=body, phone=_who(sender, channel, ctx), phone_raw=sender,
+        counterpart=_who(recipient, channel, ctx), counterpart_raw=recipient,
     )
 
 
@@ -319,27 +371,15 @@ def _event(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> Event:
 
 
 def _reports(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> list[Event]:
-    """One STATUS event per msg, its payload that msg. Keys stay content-only, so a msg resent in
-    another batch still collapses; only an exact repeat inside one request gets a `#n` suffix."""
+    """One STATUS event per msg, its payload that msg (see `_numbered` for the keys)."""
     fields = lower_keys(data)
-    messages = fields.get("messages")
-    if messages is not None and not isinstance(messages, dict):
-        raise ParseError("'messages' is not an object")
-    found = lower_keys(messages).get("msg") if messages is not None else fields.get("msg")
-    if found is None and messages is None and ("statuscode" in fields or "status" in fields):
+    if "messages" not in fields and "msg" not in fields and ("statuscode" in fields or "status" in fields):
         return [_report(record, data, _flat_report(fields), ctx)]  # the GET form: one report, flat
-    items = found if isinstance(found, list) else [found]
-    if found is None or not items:
-        raise ParseError("status report without messages.msg (or a flat statuscode)")
-    events: list[Event] = []
-    seen: dict[str, int] = {}
+    items = _msg_items(fields, "status report without messages.msg (or a flat statuscode)")
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ParseError(f"status report msg #{index} is not an object")
-        event = _report(record, item, lower_keys(item), ctx)
-        seen[event.dedupe_key] = count = seen.get(event.dedupe_key, 0) + 1
-        events.append(event if count == 1 else replace(event, dedupe_key=f"{event.dedupe_key}#{count}"))
-    return events
+    return _numbered([_report(record, item, lower_keys(item), ctx) for item in items])
 
 
 def _flat_report(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -339,6 +339,24 @@ CASES += [
         "kind": Kind.CONSENT, "phone": "12345678", "scope": "87"}]),
 ]
 
+# --- the SMS MO "Xml" format: replies in MESSAGES/MSG, elements of their own (XML_MO_FIELDS) ---
+SALESFORCE_MO = example("cm/mo-xml-messages-salesforce-plugin.xml")
+CASES += [
+    ("salesforce_plugin_mo_xml_messages_root", mo(SALESFORCE_MO, content_type=XML), [{
+        "kind": Kind.INBOUND, "phone": "+31123456789", "phone_raw": "0123456789", "counterpart": "8850",
+        "body": "Test", "message_ref": "a010Y00000ToIliQAF_20170620105591290", "provider_event_id": "519161862",
+        "occurred_at": None}]),
+    ("mo_xml_messages_two_replies", mo(b"<MESSAGES><MSG><SENDER>+31612345678</SENDER><MESSAGE>STOP</MESSAGE></MSG>"
+                                       b"<MSG><SENDER>+31612345679</SENDER><MESSAGE>START</MESSAGE></MSG></MESSAGES>",
+                                       content_type=XML), [
+        {"phone": "+31612345678", "body": "STOP", "counterpart": None},
+        {"phone": "+31612345679", "body": "START"}]),
+    ("mo_xml_messages_reply_without_sender", mo(b"<MESSAGES><MSG><MESSAGE>hi</MESSAGE></MSG></MESSAGES>",
+                                                content_type=XML), "SMS MO without 'from'"),
+    ("status_receives_mo_xml_messages", status(SALESFORCE_MO, content_type=XML),
+     "looks like an SMS MO, arrived on status"),
+]
+
 # Every row of the status table, as CM would send it in JSON.
 CASES += [(f"status_table_{code}", status(dlr(code)), [{"status": expected[0], "reason": expected[1],
                                                         "provider_status": code}])
@@ -544,3 +562,11 @@ def test_status_report_formats_share_one_key() -> None:
            b"<REFERENCE>ref-1</REFERENCE><STATUS><CODE>2</CODE><ERRORCODE>0</ERRORCODE></STATUS></MSG></MESSAGES>")
     xml_key = cm.parse(status(xml, content_type=XML), CTX)[0].dedupe_key
     assert json_key == get_key == xml_key
+
+
+def test_xml_reply_keys_as_its_json_form() -> None:
+    """The Xml and Json forms of one reply name the same content, so a reply in either dedupes alike."""
+    as_json = {"reference": "a010Y00000ToIliQAF_20170620105591290", "from": "0123456789", "to": "8850", "body": "Test",
+               "groupings": ["", "", "Salesforce"]}
+    xml_key = cm.parse(mo(SALESFORCE_MO, content_type=XML), CTX)[0].dedupe_key
+    assert xml_key == cm.parse(mo(as_json), CTX)[0].dedupe_key

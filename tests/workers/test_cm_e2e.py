@@ -1,7 +1,8 @@
 """CM's formats as accounts receive them, end to end: ingress → stream → workers → rows.
 
-A status report by GET and in the older XML root, a Business Messaging reply on a channel whose
-numbers are account ids, and a Messenger opt-in event (the published examples, tests/fixtures/cm/).
+A status report by GET and in the older XML root, an SMS reply in the Xml format's MESSAGES
+envelope, a Business Messaging reply on a channel whose numbers are account ids, and a Messenger
+opt-in event (the published examples, tests/fixtures/cm/).
 """
 
 from __future__ import annotations
@@ -86,3 +87,18 @@ def test_messenger_opt_in_event_is_a_consent_change(ingress_client: TestClient, 
     consent = [(r["subject"], r["scope"], r["state"]) for r in rows(db, "SELECT * FROM consent")]
     assert consent == [("Recipients PSID", "Your Facebook account ID", "opted_in")]
     assert len(rows(db, "SELECT * FROM consent_changes")) == 1  # the renewal confirms, it changes nothing
+
+
+def test_xml_reply_in_the_messages_envelope(ingress_client: TestClient, drain: Drain, db: psycopg.Connection) -> None:
+    published = example("cm/mo-xml-messages-salesforce-plugin.xml")
+    stop = published.replace(b"<MESSAGE>Test</MESSAGE>", b"<MESSAGE>STOP</MESSAGE>").replace(b"519161862", b"519161863")
+    for body in (published, stop):
+        send(ingress_client, "POST", "/webhooks/cm/mo", body, headers=XML)
+    drain()
+    assert rows(db, "SELECT count(*) AS n FROM dead_letters")[0]["n"] == 0
+    inbound = {r["provider_event_id"]: (r["phone"], r["counterpart"], r["body"], r["keyword_outcome"])
+               for r in rows(db, "SELECT * FROM events WHERE kind = 'inbound'")}
+    assert inbound == {"519161862": ("0123456789", "8850", "Test", "none"),
+                       "519161863": ("0123456789", "8850", "STOP", "opt_out")}
+    consent = [(r["subject"], r["scope"], r["state"]) for r in rows(db, "SELECT * FROM consent")]
+    assert consent == [("0123456789", "8850", "opted_out")]  # national: no default region set
