@@ -335,8 +335,7 @@ def _inbound(record: RawRecord, data: dict[str, Any], ctx: ParseContext, busines
     return Event(
         provider=NAME, feed=record.feed, kind=Kind.INBOUND, dedupe_key=hashed_key(NAME, Kind.INBOUND, *parts),
         payload=data, occurred_at=_utc(time_utc), provider_event_id=_scalar(fields, "id") if names else None,
-        message_ref=reference,
-        user_ref=reference, body=body, phone=_who(sender, channel, ctx), phone_raw=sender,
+        message_ref=reference, user_ref=reference, body=body, phone=_who(sender, channel, ctx), phone_raw=sender,
         counterpart=_who(recipient, channel, ctx), counterpart_raw=recipient,
     )
 
