@@ -8,6 +8,8 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import Any, Mapping
 
+from shared.errors import ParseError
+
 
 class Kind(StrEnum):
     INBOUND = "inbound"  # a text from a person (MO, reply)
@@ -96,3 +98,18 @@ def amend(event: Event, **changes: Any) -> Event:
     for name, value in changes.items():
         values[_FIELD_POSITIONS[name]] = value
     return Event(*values)
+
+
+# Ids, numbers, references and scopes are indexed (a b-tree row holds at most ~2.7 kB) and read by
+# people: no provider sends one longer than a few dozen characters, so a longer one is hostile.
+MAX_ID_LENGTH = 256
+CAPPED_FIELDS = ("dedupe_key", "provider_event_id", "message_ref", "phone", "phone_raw", "counterpart",
+                 "counterpart_raw", "user_ref", "scope", "event_type", "provider_status", "keyword")
+_capped_values = attrgetter(*CAPPED_FIELDS)
+
+
+def check_lengths(event: Event) -> None:
+    """ParseError naming the first id-like field longer than MAX_ID_LENGTH."""
+    for name, value in zip(CAPPED_FIELDS, _capped_values(event)):
+        if value is not None and len(value) > MAX_ID_LENGTH:
+            raise ParseError(f"field {name!r} is longer than {MAX_ID_LENGTH} characters ({len(value)})")

@@ -188,6 +188,11 @@ class Settings:
         return f"{self.key_prefix}-replay"
 
     @property
+    def parked_stream(self) -> str:
+        """Entries that not even a raw dead letter could hold, kept whole for a person to look at."""
+        return f"{self.key_prefix}:parked"
+
+    @property
     def inflight_key(self) -> str:
         """Hash: stream entry id → the RQ job that holds it (for safe reclaim)."""
         return f"{self.key_prefix}:inflight"

@@ -56,7 +56,7 @@ def _merge(a: WriteResult, b: WriteResult) -> WriteResult:
         events=a.events + b.events, inserted=a.inserted + b.inserted, updated=a.updated + b.updated,
         statuses=a.statuses + b.statuses,
         consent_changes=a.consent_changes + b.consent_changes, dead_letters=a.dead_letters + b.dead_letters,
-        changes=a.changes + b.changes,
+        changes=a.changes + b.changes, parked=a.parked + b.parked,
     )
 
 
@@ -65,23 +65,71 @@ class DatabaseUnavailable(RuntimeError):
     reclaimed later; the dispatcher never counts such a delivery toward giving up on a record."""
 
 
+# SQLSTATE classes of the server's own trouble, never of one record: connection exceptions (08),
+# insufficient resources such as a full disk or too many connections (53), system errors (58),
+# and the serialization failures and deadlocks that a second try resolves (40).
+OUTAGE_CLASSES = ("08", "40", "53", "58", "57P")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Connection-class failures: the batch waits and is tried again whole. Anything else, database
+    error or not (an index row too large, a value jsonb refuses, JSON too deep to serialize), is the
+    fault of some record in the batch, and the batch is bisected down to it."""
+    if isinstance(exc, (PoolTimeout, psycopg.InterfaceError)):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        return exc.sqlstate is None or exc.sqlstate.startswith(OUTAGE_CLASSES)
+    return False
+
+
+def _refusal(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error):
+        return f"database refused the record: {exc.sqlstate or ''} {str(exc).splitlines()[0] if str(exc) else ''}"
+    return f"record could not be written: {type(exc).__name__}: {exc}"
+
+
 def write_bisecting(pool: ConnectionPool, entries: list[Entry], *, replay: bool = False,
                     wait_s: float | None = None) -> WriteResult:
     """`wait_s`: how long to wait for a pooled connection (None: the pool's own 30 s)."""
     try:
         with pool.connection(timeout=wait_s) as conn, conn.transaction():
             return write_entries(conn, entries, replay=replay)
-    except psycopg.OperationalError:
-        raise
-    except psycopg.Error as exc:
+    except Exception as exc:
+        if is_outage(exc):
+            raise
         if len(entries) > 1:
             middle = len(entries) // 2
             return _merge(write_bisecting(pool, entries[:middle], replay=replay, wait_s=wait_s),
                           write_bisecting(pool, entries[middle:], replay=replay, wait_s=wait_s))
-        reason = f"database refused the record: {exc.sqlstate or ''} {str(exc).splitlines()[0][:300]}"
-        log.warning("dead-lettering %s: %s", entries[0].stream_id, reason)
-        with pool.connection(timeout=wait_s) as conn, conn.transaction():
-            return write_entries(conn, [entries[0].as_dead(reason)], replay=replay)
+        return dead_letter(pool, entries[0], _refusal(exc), replay=replay, wait_s=wait_s)
+
+
+def dead_letter(pool: ConnectionPool, entry: Entry, reason: str, *, replay: bool = False,
+                wait_s: float | None = None) -> WriteResult:
+    """One record as a dead letter: whole; else its raw bytes only; else parked in Redis (see `park`)."""
+    log.warning("dead-lettering %s: %s", entry.stream_id, reason[:300])
+    for dead in (entry.as_dead(reason), entry.as_raw_dead(reason)):
+        try:
+            with pool.connection(timeout=wait_s) as conn, conn.transaction():
+                return write_entries(conn, [dead], replay=replay)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            log.error("dead letter of %s not writable: %s", entry.stream_id, _refusal(exc)[:300])
+    return WriteResult(parked=[entry.as_dead(reason)])
+
+
+def park(redis: Redis, settings: Settings, parked: list[Entry]) -> None:
+    """Entries that not even a raw dead letter could hold: copied whole to the parked stream, so that
+    acknowledging them loses nothing and no job loops on them."""
+    if not parked:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for entry in parked:
+        pipe.xadd(settings.parked_stream, {**entry.fields, b"parked_from": entry.stream_id.encode(),
+                                           b"parked_reason": (entry.dead_reason or "").encode()[:500]})
+    pipe.execute()
+    log.error("parked %d entries in %s", len(parked), settings.parked_stream)
 
 
 def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float, *, replay: bool = False) -> WriteResult:
@@ -95,7 +143,9 @@ def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float
     while True:
         try:
             return write_bisecting(pool, entries, replay=replay, wait_s=max(deadline - time.monotonic(), 0.1))
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(f"postgres unavailable for {budget_s:.1f}s: {type(exc).__name__}") from exc
             log.warning("postgres unavailable (%s), retrying in %.1fs", type(exc).__name__, delay)
@@ -133,6 +183,7 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = N
     started = time.perf_counter()
     entries = normalize_batch(read_entries(ctx.redis, ctx.settings.stream, ids), ctx.normalize, dead_reason)
     result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8)
+    park(ctx.redis, ctx.settings, result.parked)
     observe(ctx.metrics, "live", entries, result, time.perf_counter() - started)
     ack(ctx.redis, ctx.settings, ids)
     return result.summary(entries=len(entries), missing=len(ids) - len(entries),

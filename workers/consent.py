@@ -136,10 +136,11 @@ def plan(signals: Sequence[Item], done: set[str], loaded: Sequence[Sequence[Any]
     changes: list[list[Any]] = []
     for event, record in sorted(signals, key=lambda item: (*_event_time(*item), item[0].dedupe_key)):
         at, seen = _event_time(event, record)
-        if event.consent is None or event.phone is None or event.scope is None:
+        # An event whose change is recorded has had its effect: applying it again is never a new signal.
+        if event.consent is None or event.phone is None or event.scope is None or event.dedupe_key in done:
             continue
         change = ledger.apply(event, event.phone, event.consent, event.scope, at)
-        if change is not None and event.dedupe_key not in done:
+        if change is not None:
             scope, before, after = change
             changes.append([event.dedupe_key, event.phone, scope, None if before == "unknown" else before, after,
                             str(event.consent), event.keyword, event.provider, at, seen]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from shared.errors import ParseError
-from shared.events import Event, Kind, Outcome, amend
+from shared.events import Event, Kind, Outcome, amend, check_lengths
 from shared.keywords import KeywordPolicy, classify, normalize
 from shared.providers import REGISTRY, ParseContext
 from shared.record import RawRecord
@@ -41,6 +41,10 @@ class Entry:
 
     def as_dead(self, reason: str) -> Entry:
         return dataclasses.replace(self, events=(), dead_reason=reason)
+
+    def as_raw_dead(self, reason: str) -> Entry:
+        """A dead letter of the stream entry's raw bytes alone: no parsed record, nothing archived."""
+        return dataclasses.replace(self, record=None, events=(), dead_reason=reason)
 
 
 def strip_leased(body: str, keyword: str) -> str:
@@ -73,6 +77,8 @@ def normalize_entry(stream_id: str, fields: Mapping[bytes, bytes], ctx: Normaliz
         return Entry(stream_id, fields, record, dead_reason=f"unknown provider/feed {record.provider}/{record.feed}")
     try:
         events = provider.parse(record, ctx.parse)
+        for event in events:
+            check_lengths(event)
     except ParseError as exc:
         return Entry(stream_id, fields, record, dead_reason=f"parse error: {exc}")
     except Exception as exc:  # a normalizer bug must cost one dead letter, not the batch

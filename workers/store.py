@@ -36,7 +36,10 @@ def _unnest(columns: Iterable[str], types: Iterable[str]) -> str:
 
 
 EVENTS_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) {_unnest(EVENT_COLUMNS, EVENT_TYPES)}"
-EVENTS_LIVE_SQL = EVENTS_INSERT + " ON CONFLICT (dedupe_key) DO NOTHING"
+# Only the events this delivery stored first are new signals: a redelivery is not (design §2, side effects once).
+EVENTS_LIVE_SQL = EVENTS_INSERT + " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
+# A replay applies each event at its first delivery's receive time, never at the replayed entry's.
+FIRST_SEEN_SQL = "SELECT dedupe_key, received_at FROM events WHERE dedupe_key = ANY(%b::text[])"
 EVENTS_REPLAY_SQL = (
     EVENTS_INSERT
     + " ON CONFLICT (dedupe_key) DO UPDATE SET "
@@ -97,12 +100,18 @@ class WriteResult:
     consent_changes: int = 0
     dead_letters: int = 0
     changes: list[dict[str, Any]] = field(default_factory=list)
+    parked: list[Entry] = field(default_factory=list)  # not even a raw dead letter could hold them
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         """The job's result: counts only (results live in Redis; changes carry phone numbers)."""
         counts = {"events": self.events, "inserted": self.inserted, "updated": self.updated, "statuses": self.statuses,
-                  "consent_changes": self.consent_changes, "dead_letters": self.dead_letters}
+                  "consent_changes": self.consent_changes, "dead_letters": self.dead_letters,
+                  "parked": len(self.parked)}
         return {**counts, **extra}
+
+
+# A dead letter's reason quotes provider text (a parse error, a database message): bounded.
+MAX_REASON = 500
 
 
 def clean(text: str | None) -> str | None:
@@ -110,9 +119,29 @@ def clean(text: str | None) -> str | None:
     return text.replace("\x00", "") if text is not None and "\x00" in text else text
 
 
+def reason_text(reason: str | None) -> str:
+    text = clean(reason) or "unknown"
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
+def without_nul(value: Any) -> Any:
+    """The value with NUL removed from every string, keys included; jsonb refuses NUL."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def _payload_json(payload: Any) -> str:
+    """JSON for a jsonb column. NUL is cleaned in the values, never in the serialized text, where
+    `\\u0000` may just as well be six characters of a string; the pattern only picks the slow path."""
     data = orjson.dumps(payload, default=str)
-    return (data.replace(b"\\u0000", b"") if b"\\u0000" in data else data).decode()
+    if b"\\u0000" in data:
+        data = orjson.dumps(without_nul(payload), default=str)
+    return data.decode()
 
 
 class Arrival(NamedTuple):
@@ -155,6 +184,13 @@ def unique_events(entries: list[Entry]) -> list[tuple[Event, Arrival]]:
     return [seen[key] for key in sorted(seen)]
 
 
+def _at_first_delivery(cur: psycopg.Cursor[Any], items: list[tuple[Event, Arrival]]) -> list[tuple[Event, Arrival]]:
+    """Each event with the receive time of its first delivery, where it is already stored."""
+    first = dict(cur.execute(FIRST_SEEN_SQL, ([event.dedupe_key for event, _ in items],)).fetchall())
+    return [(event, arrival._replace(received_at=first.get(event.dedupe_key, arrival.received_at)))
+            for event, arrival in items]
+
+
 def status_winners(items: list[tuple[Event, Arrival]]) -> list[list[Any]]:
     """One row per (provider, message, recipient): the status the monotonic rule keeps."""
     best: dict[tuple[str, str, str], tuple[StatusPoint, list[Any]]] = {}
@@ -178,10 +214,10 @@ def status_winners(items: list[tuple[Event, Arrival]]) -> list[list[Any]]:
 def _dead_row(entry: Entry) -> list[Any]:
     record, fields = entry.record, entry.fields
     if record is None:
-        return [entry.stream_id, None, None, None, entry.dead_reason, fields.get(b"b", b""), fields.get(b"q", b""),
-                "{}", None, None, None]
+        return [entry.stream_id, None, None, None, reason_text(entry.dead_reason), fields.get(b"b", b""),
+                fields.get(b"q", b""), "{}", None, None, None]
     return [
-        entry.stream_id, record.provider, record.feed, record.method, clean(entry.dead_reason), record.body,
+        entry.stream_id, record.provider, record.feed, record.method, reason_text(entry.dead_reason), record.body,
         record.query, _payload_json(dict(record.headers)), clean(record.content_type), record.client,
         record.received_at,
     ]
@@ -196,16 +232,20 @@ def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: boo
             rows = [_event_row(event, record) for event, record in items]
             result.events = len(rows)
             if replay:
+                items = _at_first_delivery(cur, items)
                 written = [row[0] for row in cur.execute(EVENTS_REPLAY_SQL, _columns(rows, len(EVENT_COLUMNS)))]
                 result.inserted, result.updated = written.count(True), written.count(False)
+                signals = items
             else:
                 cur.execute(EVENTS_LIVE_SQL, _columns(rows, len(EVENT_COLUMNS)))
-                result.inserted = max(cur.rowcount, 0)
-            statuses = status_winners(items)
+                stored = {row[0] for row in cur}
+                result.inserted = len(stored)
+                signals = [item for item in items if item[0].dedupe_key in stored]
+            statuses = status_winners(signals)
             if statuses:
                 cur.execute(STATUS_SQL, _columns(statuses, len(STATUS_COLUMNS)))
                 result.statuses = max(cur.rowcount, 0)
-            result.changes = consent.apply(cur, items)
+            result.changes = consent.apply(cur, signals)
             result.consent_changes = len(result.changes)
         archived = [_archive_row(entry.record) for entry in entries if entry.record is not None]
         if archived and not replay:

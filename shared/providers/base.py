@@ -23,6 +23,10 @@ from shared.record import RawRecord
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 
+# No provider nests its JSON deeper than five levels; orjson reads up to 1024 but writes only 254,
+# so a deeper body could be parsed and then never stored. Refused at parse time: one dead letter.
+MAX_JSON_DEPTH = 32
+
 
 @dataclass(frozen=True, slots=True)
 class ParseContext:
@@ -46,7 +50,27 @@ def json_object(record: RawRecord) -> dict[str, Any]:
         raise ParseError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise ParseError(f"body is JSON {type(value).__name__}, expected an object")
+    # Fewer opening brackets than the limit cannot nest deeper than it: the walk is for the rare rest.
+    if record.body.count(b"{") + record.body.count(b"[") > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:
+        raise ParseError(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def json_depth(value: Any) -> int:
+    """How deep objects and arrays nest in a parsed JSON value, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _decode(raw: bytes) -> str:
