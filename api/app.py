@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from dashboard import PUBLIC_PATHS, Dashboard
+from dashboard.app import SecureHeaders
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -262,8 +263,10 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
         ApiError: on_api_error, HTTPException: on_http_error, psycopg.OperationalError: on_unavailable,
         PoolTimeout: on_unavailable, Exception: on_internal,
     }
+    # nosniff on every answer of the process, the errors Starlette builds (404, 405) included.
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers,
-                    middleware=[Middleware(BearerAuth, tokens=tokens,
+                    middleware=[Middleware(SecureHeaders, headers={"x-content-type-options": "nosniff"}),
+                                Middleware(BearerAuth, tokens=tokens,
                                            public=frozenset({"/openapi.json", "/healthz", "/readyz"}) | PUBLIC_PATHS)])
     app.state.openapi = orjson.dumps(document())
     return app

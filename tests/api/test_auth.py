@@ -80,3 +80,14 @@ def test_no_tokens() -> None:
                                            ("Token abc", None), (None, None), ("Bearer", None)])
 def test_bearer_header(header: str | None, token: str | None) -> None:
     assert bearer(header) == token
+
+
+@pytest.mark.parametrize("method,path,auth", [
+    ("GET", "/v1/consent/%2B31612345678", True), ("GET", "/openapi.json", False), ("GET", "/nowhere", True),
+    ("PUT", "/dashboard/data/flow", False), ("GET", "/logout", False), ("GET", "/v1/consent/check", False),
+])
+def test_every_answer_says_nosniff(method: str, path: str, auth: bool, api: TestClient) -> None:
+    """Errors that Starlette builds (404, 405) and the API's own JSON alike: no content sniffing."""
+    headers = {"authorization": f"Bearer {SECRET}"} if auth else {}
+    response = api.request(method, path, headers=headers)
+    assert response.headers["x-content-type-options"] == "nosniff", (response.status_code, response.headers)
