@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from shared.errors import ParseError
-from shared.events import Event, Kind, Outcome, amend, check_lengths
+from shared.events import GLOBAL_SCOPE, Event, Kind, Outcome, amend, check_lengths
 from shared.keywords import KeywordPolicy, classify, normalize
 from shared.providers import REGISTRY, ParseContext
 from shared.record import RawRecord
@@ -63,6 +63,10 @@ def classify_inbound(event: Event, ctx: NormalizeContext) -> Event:
         scope = f"{scope}/{match.leased_keyword}" if scope else scope
         body = strip_leased(body or "", match.leased_keyword)
     outcome = match.outcome
+    if not scope and outcome is Outcome.OPT_OUT:
+        # A reply that names nothing of ours (GatewayAPI's messaging API) cannot be scoped: the person
+        # asked to stop, so it stops everything. An unscoped opt-in reopens nothing.
+        scope = GLOBAL_SCOPE
     return amend(event, body=body, outcome=outcome, keyword=match.keyword,
                  consent=outcome if outcome in CONSENT_OUTCOMES else None, scope=scope or None)
 

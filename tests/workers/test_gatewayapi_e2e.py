@@ -60,3 +60,15 @@ def test_an_rcs_stop_is_an_opt_out_text(ingress_client: TestClient, drain: Drain
     [event] = rows(db, "SELECT * FROM events")
     assert (event["kind"], event["phone"], event["body"]) == ("inbound", "+4512345678", "STOP")
     assert (event["keyword"], event["keyword_outcome"]) == ("stop", "opt_out")
+    # It names nothing of ours to scope it by: the opt-out stops everything, once.
+    [change] = rows(db, "SELECT subject, scope, new_state FROM consent_changes")
+    assert (change["subject"], change["scope"], change["new_state"]) == ("+4512345678", "*", "opted_out")
+
+
+def test_an_unscoped_start_reopens_nothing(ingress_client: TestClient, drain: Drain, db: psycopg.Connection) -> None:
+    rcs_text = next(e for e in published_events() if e["event_type"] == "user-message.text.rcs")
+    post(ingress_client, PATH, {**rcs_text, "event": {**rcs_text["event"], "content": "START"}})
+    drain()
+    [event] = rows(db, "SELECT keyword_outcome, consent, scope FROM events")
+    assert (event["keyword_outcome"], event["scope"]) == ("opt_in", None)
+    assert rows(db, "SELECT * FROM consent") == []
