@@ -18,7 +18,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.faults.harness import FIGURES, SCENARIOS, Pipeline, Requests, Secrets, Servers, write_figures
+from tests.faults.harness import (
+    FIGURES, SCENARIOS, Pipeline, Requests, Secrets, Servers, halt_background, write_figures,
+)
 
 HERE = Path(__file__).parent
 LAST_RUN = HERE / "last-run.json"
@@ -86,6 +88,14 @@ def fault_servers(request: pytest.FixtureRequest) -> Iterator[Servers]:
         print(f"\nfault suite: processes' logs kept in {servers.logs}")
     else:
         shutil.rmtree(servers.root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _halt_background() -> Iterator[None]:
+    """A load generator or slow clients left running by a failed test never run into the next one."""
+    yield
+    left = halt_background()
+    assert not left, f"threads still running after the test: {left}"
 
 
 @pytest.fixture(scope="session")

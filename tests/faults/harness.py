@@ -206,6 +206,47 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, every
         time.sleep(every_s)
 
 
+# -- background activity ------------------------------------------------------------------------
+
+# Load generators and slow clients a test started: whatever is still running when the test ends
+# (it failed before its own stop) is halted, so that it never runs into the next test. Their
+# threads' names start with THREAD_PREFIX.
+BACKGROUND: list[Any] = []
+THREAD_PREFIX = "faults-"
+
+
+def halt_background(timeout_s: float = 60) -> list[str]:
+    """Halt what the tests started in the background; the names of its threads still running after it."""
+    while BACKGROUND:
+        thing = BACKGROUND.pop()
+        if thing.running():
+            thing.halt()
+    ours = lambda: [t for t in _other_threads() if t.name.startswith(THREAD_PREFIX)]  # noqa: E731
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and ours():
+        time.sleep(0.05)
+    return [thread.name for thread in ours()]
+
+
+def _other_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread is not threading.current_thread()]
+
+
+def no_other_threads(timeout_s: float = 60) -> None:
+    """Until this process runs no thread but the calling one (before hypothesis generates input).
+
+    Hypothesis fails a run when the global `random` state changes while it draws an example, and
+    it cannot tell which thread changed it: a retry's or a reconnection's jitter in a thread left
+    over from an earlier test would fail a fuzz test that did nothing wrong.
+    """
+    halt_background(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _other_threads():
+        time.sleep(0.05)
+    left = _other_threads()
+    assert not left, f"threads still running before fuzzing: {[thread.name for thread in left]}"
+
+
 # -- the pipeline -------------------------------------------------------------------------------
 
 
@@ -913,6 +954,7 @@ class Load:
         self.requests = requests
         self.rate = rate
         self.rng = random.Random(seed)
+        self.jitter = random.Random(-seed - 1)  # the retries' own generator: never the global `random`
         self.next_seq = start
         self.retry = retry
         self.retry_after = retry_after
@@ -927,6 +969,7 @@ class Load:
         self._stop_new = threading.Event()
         self._thread: threading.Thread | None = None
         self._settle_s = 30.0
+        self._deadline = float("inf")  # retries stop after it, once no new request is started
         self._lock = threading.Lock()
 
     @property
@@ -935,8 +978,10 @@ class Load:
         return sum(n for status, n in self.statuses.items() if status >= 500 and status != 503)
 
     def start(self) -> Load:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True, name="load")
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True,
+                                        name=f"{THREAD_PREFIX}load")
         self._thread.start()
+        BACKGROUND.append(self)
         return self
 
     def stop(self, settle_s: float = 30.0) -> Load:
@@ -944,9 +989,23 @@ class Load:
         self._settle_s = settle_s
         self._stop_new.set()
         assert self._thread is not None
-        self._thread.join(settle_s + 30)
+        self._thread.join(settle_s + 60)
+        if self._thread.is_alive():
+            self.halt()
+            raise AssertionError(f"the load generator did not stop within {settle_s + 60}s")
         count("requests_sent", len(self.sent))
         return self
+
+    def halt(self) -> None:
+        """Stop at once: no new request, no retry (a test that failed before its stop())."""
+        self._settle_s = 0.0
+        self._deadline = time.monotonic()
+        self._stop_new.set()
+        if self._thread is not None:
+            self._thread.join(60)
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def latencies(self, since: float, until: float) -> list[float]:
         with self._lock:
@@ -976,7 +1035,7 @@ class Load:
                 task.add_done_callback(tasks.discard)
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            self._deadline = time.monotonic() + self._settle_s
+            self._deadline = min(self._deadline, time.monotonic() + self._settle_s)
             if tasks:
                 await asyncio.wait(set(tasks), timeout=self._settle_s + 10)
 
@@ -990,9 +1049,9 @@ class Load:
                 return
             if not self.retry or 400 <= status < 500:  # a 4xx is an answer; 5xx and no answer are retried
                 return
-            if self._stop_new.is_set() and time.monotonic() > getattr(self, "_deadline", float("inf")):
+            if self._stop_new.is_set() and time.monotonic() > self._deadline:
                 return
-            await asyncio.sleep(self.retry_after * (0.5 + random.random()))
+            await asyncio.sleep(self.retry_after * (0.5 + self.jitter.random()))
 
     async def _send(self, client: httpx.AsyncClient, seq: int, req: Req) -> int:
         self.sent.add(seq)

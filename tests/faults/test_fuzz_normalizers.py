@@ -27,7 +27,7 @@ from bench.payloads import MAKERS
 from shared.events import Kind
 from shared.record import RawRecord
 from shared.settings import Settings
-from tests.faults.harness import Servers, count
+from tests.faults.harness import Servers, count, no_other_threads
 from workers.batch import write_bisecting
 from workers.context import normalize_context
 from workers.normalize import Entry, normalize_entry
@@ -228,7 +228,10 @@ def scratch_db(fault_servers: Servers) -> str:
 
 def fuzz_through_the_store(url: str, profile: settings) -> None:
     COLLECTED.clear()
-    _fuzz(profile)  # before the pool exists: its threads would use `random` while hypothesis draws
+    # Nothing may draw from the global `random` while hypothesis generates: no thread left over
+    # from an earlier test, and the store's pool (whose threads do) only afterwards.
+    no_other_threads()
+    _fuzz(profile)
     assert COLLECTED
     # The store's own path: one transaction per batch, a refused record bisected to a dead letter.
     # Anything raised here (not a psycopg error) would fail the whole batch in production.

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from tests.faults.conftest import PipelineFactory
 from tests.faults.harness import (
-    PATHS, TRICKY_TEXTS, Load, Pipeline, Req, Requests, Secrets, _rows, count, sign_hmac, sign_jwt,
+    PATHS, TRICKY_TEXTS, Load, Pipeline, Req, Requests, Secrets, _rows, count, no_other_threads, sign_hmac, sign_jwt,
 )
 from tests.faults.test_fuzz_normalizers import BILLION_LAUGHS, QUADRATIC, XXE, json_values
 
@@ -109,6 +109,7 @@ def fuzz_ingress(pipeline: Pipeline, requests: Requests, examples: int) -> Fuzze
         status = fuzzer.send(req)
         assert status in ALLOWED, (status, req.method, req.path, req.body[:80])
 
+    no_other_threads()  # nothing may draw from the global `random` while hypothesis generates
     try:
         one()
     finally:
