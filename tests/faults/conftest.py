@@ -118,7 +118,7 @@ def make_pipeline(fault_servers: Servers, secrets: Secrets) -> Iterator[Pipeline
 
     def make(workers: int = 2, **env: str) -> Pipeline:
         if not fault_servers.redis_running():
-            fault_servers.redis.start()
+            fault_servers.start_redis()
         pipeline = Pipeline(fault_servers, secrets, **env)
         made.append(pipeline)
         return pipeline.start(workers)
@@ -143,7 +143,7 @@ def make_ingress(fault_servers: Servers, secrets: Secrets) -> Iterator[IngressFa
 
     def make(host: str = "127.0.0.1", **env: str) -> Pipeline:
         if not fault_servers.redis_running():
-            fault_servers.redis.start()
+            fault_servers.start_redis()
         pipeline = Pipeline(fault_servers, secrets, **env)
         made.append(pipeline)
         return pipeline.start_ingress_only(host)

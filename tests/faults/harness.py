@@ -15,6 +15,12 @@
   fault-free reference run of the same entries says, and no consent change was applied twice.
 
 `FIGURES` counts what the issue asks to report; the package's conftest writes it to last-run.json.
+
+Timing: the suite waits on conditions, never on fixed windows. Every wait has a deadline, and the
+deadlines are generous (the processes share a machine that may be busy): a condition met early
+returns at once, so a long deadline costs nothing when all is well. Randomness: every generator
+has its own `random.Random(seed)`; nothing here draws from the global `random` module, which
+hypothesis watches while it generates.
 """
 
 from __future__ import annotations
@@ -48,11 +54,12 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool
 from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from bench.payloads import MAKERS
-from hookstream.embedded import PostgresServer, RedisServer, free_port
+from hookstream.embedded import EmbeddedError, PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
 from ingress.routes import FEEDS
 from shared.settings import Settings
@@ -64,6 +71,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("events", "message_status", "consent", "consent_changes", "dead_letters", "raw_archive")
 PATHS = {(feed.provider, feed.feed): feed.path for feed in FEEDS}
 UA_PREFIX = "hookstream-faults/"
+START_DEADLINE_S = 90.0  # a process or server started on a busy machine: imports, AOF replay, recovery
 
 # What the issue asks to report; filled by every test of the package, written at session end.
 FIGURES: Counter[str] = Counter()
@@ -108,7 +116,7 @@ class Servers:
         self.logs.mkdir()
 
     def start(self) -> Servers:
-        self.redis.start()
+        self.start_redis()
         self.postgres.start()
         migrate(self.postgres.url)
         with psycopg.connect(self.postgres.url, autocommit=True) as conn:
@@ -129,6 +137,23 @@ class Servers:
 
     def redis_running(self) -> bool:
         return self.redis.proc is not None and self.redis.proc.poll() is None
+
+    def start_redis(self, timeout_s: float = START_DEADLINE_S) -> None:
+        """Start redis-server (again: same port and folder) and wait until it answers commands.
+
+        `RedisServer.start` waits 10 s for the port; on a busy machine, or with a long AOF to
+        replay, it may need longer: as long as the process runs, keep waiting.
+        """
+        try:
+            self.redis.start()
+        except EmbeddedError:
+            if not self.redis_running():
+                raise
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            wait_until(lambda: bool(client.ping()), timeout_s, "redis-server to answer (AOF loaded)")
+        finally:
+            client.close()
 
     def kill_redis(self, sig: int = signal.SIGKILL) -> None:
         """Kill redis-server (SIGKILL: a crash; AOF with fsync always keeps every acknowledged append)."""
@@ -194,6 +219,7 @@ class Proc:
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05) -> float:
+    """Poll `predicate` until it holds (returns the seconds waited) or `timeout_s` has passed (fails)."""
     started = time.monotonic()
     while True:
         try:
@@ -322,7 +348,8 @@ class Pipeline:
 
     def start_ingress(self) -> None:
         self.ingress = self._start("ingress", "ingress", "--host", "127.0.0.1", "--port", str(self.port))
-        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, 30, "the ingress")
+        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200, START_DEADLINE_S,
+                   "the ingress")
 
     def start_dispatcher(self) -> None:
         self.dispatcher = self._start("dispatch", "dispatch")
@@ -338,14 +365,15 @@ class Pipeline:
             live = [w for w in Worker.all(queue=queue) if w.pid and _pid_alive(w.pid)]
             return len(live) >= processes
 
-        wait_until(ready, 30, f"{processes} RQ workers")
+        wait_until(ready, START_DEADLINE_S, f"{processes} RQ workers")
 
     def start_ingress_only(self, host: str = "127.0.0.1") -> Pipeline:
         """Only the ingress (it needs nothing but Redis), on `host`: `::1` for IPv6."""
         self.reset()
         self.ingress = self._start("ingress", "ingress", "--host", host, "--port", str(self.port))
         url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
-        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 30, "the ingress")
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, START_DEADLINE_S,
+                   "the ingress")
         return self
 
     def start(self, workers: int = 2) -> Pipeline:
@@ -368,36 +396,68 @@ class Pipeline:
 
     # faults
 
-    def kill_worker_mid_batch(self, timeout_s: float = 30) -> str:
+    def kill_worker_mid_batch(self, timeout_s: float = 240) -> str:
         """SIGKILL the worker process that is running a batch, while the batch is not yet acknowledged.
 
-        The worker is frozen with SIGSTOP first; it is killed only if its job is still running and
-        holds unacknowledged entries, so the kill always lands mid-batch. Returns the job id.
+        Polls until one of our workers is actually running a batch. The worker is frozen with
+        SIGSTOP first; it is killed only if its job is still running and holds unacknowledged
+        entries, so the kill always lands mid-batch. Returns the job id.
+
+        The deadline is generous on purpose: after a burst of worker deaths the dead jobs' started
+        entries count as batches in flight until RQ's heartbeat lapses (the job timeout or 30 s,
+        whichever is shorter, plus 60 s), and until then the dispatcher reads nothing new.
         """
         s = self.settings
         queue = Queue(s.queue, connection=self.redis, serializer=JSONSerializer)
         registry = queue.started_job_registry
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for job_id in registry.get_job_ids(cleanup=False):
-                job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
-                if not job.worker_name:
-                    continue
-                worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name,
-                                            connection=self.redis)
-                if worker is None or not worker.pid or not self._is_our_worker(worker.pid):
-                    continue
-                os.kill(worker.pid, signal.SIGSTOP)
-                ids = job.args[0]
-                still_running = job.get_status(refresh=True) == JobStatus.STARTED
-                unacked = any(self.redis.xpending_range(s.stream, s.group, min=i, max=i, count=1) for i in ids)
-                if still_running and unacked:
-                    os.kill(worker.pid, signal.SIGKILL)
+            try:
+                job_ids = registry.get_job_ids(cleanup=False)
+            except (redis.ConnectionError, redis.TimeoutError):
+                job_ids = []
+            for job_id in job_ids:
+                killed = self._kill_if_mid_batch(job_id)
+                if killed:
                     fault("worker SIGKILL mid-batch")
                     return job_id
-                os.kill(worker.pid, signal.SIGCONT)
             time.sleep(0.003)
-        raise AssertionError("no batch was running to kill a worker in the middle of")
+        raise AssertionError(f"no batch was running within {timeout_s}s to kill a worker in the middle of; "
+                             f"processes alive: {[(p.name, p.alive()) for p in self.procs]}")
+
+    def _kill_if_mid_batch(self, job_id: str) -> bool:
+        """SIGKILL the worker running `job_id` if the job still runs and holds unacknowledged entries."""
+        s = self.settings
+        try:
+            job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+            if not job.worker_name:
+                return False
+            worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name,
+                                        connection=self.redis)
+        except (NoSuchJobError, redis.ConnectionError, redis.TimeoutError):  # finished and gone meanwhile
+            return False
+        if worker is None or not worker.pid or not self._is_our_worker(worker.pid):
+            return False
+        pid = worker.pid
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        kill = False
+        try:
+            ids = job.args[0]
+            still_running = job.get_status(refresh=True) == JobStatus.STARTED
+            unacked = any(self.redis.xpending_range(s.stream, s.group, min=i, max=i, count=1) for i in ids)
+            kill = still_running and unacked
+        except (NoSuchJobError, redis.ConnectionError, redis.TimeoutError):
+            kill = False
+        finally:
+            # A worker frozen by the harness is never left frozen: killed, or let go on.
+            try:
+                os.kill(pid, signal.SIGKILL if kill else signal.SIGCONT)
+            except ProcessLookupError:
+                kill = False
+        return kill
 
     def _is_our_worker(self, pid: int) -> bool:
         """A process of the worker pool this pipeline started (never anything else)."""
@@ -441,20 +501,29 @@ class Pipeline:
             self._redis.close()
         started = time.monotonic()
         if during is not None:
-            during()
+            during()  # may wait on a condition: the outage lasts until it returns, at least `down_s`
         time.sleep(max(0.0, down_s - (time.monotonic() - started)))
         restarting = time.monotonic()
-        self.servers.redis.start()
+        self.servers.start_redis()
         return started, restarting
 
-    def stop_postgres(self, down_s: float, during: Callable[[], None] | None = None) -> None:
+    def stop_postgres(self, down_s: float, during: Callable[[], None] | None = None,
+                      before_restart: Callable[[], None] | None = None) -> tuple[float, float]:
+        """Stop PostgreSQL, leave it down at least `down_s` (and until `during` returns), start it again.
+
+        Returns the monotonic times when it was surely down and just before it was started again.
+        """
         self.servers.postgres.stop("fast")
         fault(f"postgres stopped ~{round(down_s)}s")
         started = time.monotonic()
         if during is not None:
             during()
         time.sleep(max(0.0, down_s - (time.monotonic() - started)))
+        if before_restart is not None:
+            before_restart()
+        restarting = time.monotonic()
         self.servers.postgres.start()
+        return started, restarting
 
     # draining and accounting
 
@@ -470,7 +539,17 @@ class Pipeline:
                 return int(lag), int(group["pending"])
         return -1, -1
 
-    def wait_drained(self, timeout_s: float = 120) -> float:
+    def processed(self) -> int:
+        """Stream entries the workers have committed so far (rows of the raw archive)."""
+        return int(_rows(self.servers.postgres.url, "SELECT count(*) FROM raw_archive")[0][0])
+
+    def wait_processed(self, more: int, timeout_s: float = 240) -> None:
+        """Until the workers have committed `more` entries since the call: the pipeline is moving."""
+        target = self.processed() + more
+        wait_until(lambda: self.processed() >= target, timeout_s, f"{more} more entries committed by the workers",
+                   every_s=0.1)
+
+    def wait_drained(self, timeout_s: float = 240) -> float:
         """Until every stream entry was read and acknowledged (twice in a row, 0.3 s apart)."""
         started = time.monotonic()
         quiet = 0
@@ -1007,14 +1086,24 @@ class Load:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def latencies(self, since: float, until: float) -> list[float]:
-        with self._lock:
-            return [a.latency for a in self.attempts if since <= a.sent_at < until and a.status == 200]
+    def wait_acked(self, more: int, timeout_s: float = 240) -> None:
+        """Until `more` requests were acknowledged since the call: traffic flowed, however busy the machine."""
+        target = len(self.acked) + more
+        wait_until(lambda: len(self.acked) >= target, timeout_s, f"{more} more acknowledged requests")
 
-    def statuses_between(self, since: float, until: float) -> Counter[int]:
-        """Answers received between the two monotonic times, by status."""
+    def attempts_within(self, since: float, until: float) -> list[Attempt]:
+        """Attempts sent at or after `since` and answered before `until` (monotonic times).
+
+        Both ends are robust to a slow client thread: `sent_at` is taken before the request
+        leaves and `answered_at` after its answer came, so such an attempt surely reached the
+        ingress after `since` and was surely answered before `until`.
+        """
         with self._lock:
-            return Counter(a.status for a in self.attempts if since <= a.answered_at < until)
+            return [a for a in self.attempts if a.sent_at >= since and a.answered_at < until]
+
+    def answers_within(self, since: float, until: float) -> Counter[int]:
+        """By status: the answers to attempts sent at or after `since` and answered before `until`."""
+        return Counter(a.status for a in self.attempts_within(since, until))
 
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)

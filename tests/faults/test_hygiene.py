@@ -9,7 +9,6 @@ message body, no query string, no secret may appear.
 from __future__ import annotations
 
 import re
-import time
 import tomllib
 
 import httpx
@@ -25,7 +24,7 @@ PHONE = "31687654321"
 def provoke(pipeline: Pipeline, requests: Requests, secrets: Secrets) -> None:
     """Requests that make every process log: refusals, dead letters, a record Postgres refuses."""
     base = pipeline.url
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=60) as client:
         mo = f"numero=36034&message={MARKER.replace(' ', '+')}&emetteur={PHONE}&date_reception=25032025-095217"
         # Refused: no token (401), a body over the limit (413), unknown route (404).
         assert client.get(f"{base}/webhooks/smsmode/mo?{mo}&smsID=H1&responseID=H1").status_code == 401
@@ -46,16 +45,17 @@ def hygiene_run(make_pipeline: PipelineFactory, requests: Requests, secrets: Sec
     pipeline = make_pipeline(**env)
     load = Load(pipeline.url, requests, rate=80, seed=31).start()
     provoke(pipeline, requests, secrets)
-    time.sleep(1)
+    pipeline.wait_processed(80)  # the provoked records are in the workers' hands before the outage
     pipeline.stop_postgres(2)
     if every_fault:
+        pipeline.wait_processed(80)
         pipeline.restart_redis(1.5, hard=True)
-        time.sleep(1)
+        pipeline.wait_processed(80)
         pipeline.kill_worker_mid_batch()
     load.stop()
     load.texts.add(MARKER)
     load.phones.add(PHONE)
-    pipeline.wait_drained(90)
+    pipeline.wait_drained()
     level = env.get("HOOKSTREAM_LOG_LEVEL", "INFO")
     # verify scans every process's log for phone numbers, bodies, query strings and secrets
     pipeline.verify(load, label=f"log hygiene at {level}")

@@ -31,6 +31,7 @@ CM_MO = b'{"reference": "r1", "from": "+31612345678", "to": "3669", "body": "hi"
 MX2 = b'{"subscriberId": "s1", "cguid": "c1", "status": "sent", "datetime": "2024-03-25 20:01:58"}'
 GW_DLR = {"id": 2381703, "msisdn": 4542609045, "time": 1522764062, "status": "DELIVERED", "error": None,
           "code": None, "userref": None}
+HTTP_DEADLINE_S = 30  # a client's deadline, not a latency check: the machine may be busy
 GW_EVENT = orjson.dumps({"event_id": "e-1", "timestamp": "2025-04-01T11:50:12+00:00",
                          "event_type": "message.status.sms",
                          "event": {"msg_id": "m1", "recipient": 4542609045, "status": "DELIVERED"}})
@@ -40,7 +41,7 @@ def stored(pipeline: Pipeline) -> int:
     return int(pipeline.redis.xlen(pipeline.settings.stream))
 
 
-def raw_http(port: int, data: bytes, host: str = "127.0.0.1", timeout: float = 5.0) -> int:
+def raw_http(port: int, data: bytes, host: str = "127.0.0.1", timeout: float = HTTP_DEADLINE_S) -> int:
     """Send raw bytes; the status code of the answer (0: closed without one)."""
     count("bad_inputs_tried")
     with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -59,7 +60,7 @@ def basic(password: str) -> str:
 
 def assert_alive(pipeline: Pipeline) -> None:
     assert pipeline.ingress is not None and pipeline.ingress.alive(), "the ingress process died"
-    assert httpx.get(f"{pipeline.url}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"{pipeline.url}/healthz", timeout=HTTP_DEADLINE_S).status_code == 200
 
 
 # -- what the ingress exposes --------------------------------------------------------------------
@@ -67,7 +68,7 @@ def assert_alive(pipeline: Pipeline) -> None:
 
 def test_nothing_but_routes_health_and_metrics(make_ingress: IngressFactory) -> None:
     pipeline = make_ingress()
-    with httpx.Client(base_url=pipeline.url, timeout=5) as client:
+    with httpx.Client(base_url=pipeline.url, timeout=HTTP_DEADLINE_S) as client:
         for path in ("/", "/docs", "/redoc", "/openapi.json", "/admin", "/admin/", "/.env", "/.git/config",
                      "/webhooks", "/webhooks/", "/webhooks/cm", "/webhooks/unknown", "/webhooks/cm/mo/../../admin",
                      "/metrics/", "/healthz/", "/debug", "/static/x", "/server-status", "/%2e%2e/etc/passwd",
@@ -92,7 +93,7 @@ def test_nothing_but_routes_health_and_metrics(make_ingress: IngressFactory) -> 
 def test_metrics_and_readyz_follow_the_client_address_through_a_trusted_proxy(make_ingress: IngressFactory) -> None:
     """Behind a proxy on a private address, a public client must not read /metrics or /readyz."""
     pipeline = make_ingress(HOOKSTREAM_TRUSTED_PROXIES="127.0.0.1/32")
-    with httpx.Client(base_url=pipeline.url, timeout=5) as client:
+    with httpx.Client(base_url=pipeline.url, timeout=HTTP_DEADLINE_S) as client:
         assert client.get("/metrics").status_code == 200  # the proxy itself (loopback): allowed
         for path in ("/metrics", "/readyz"):
             count("bad_inputs_tried", 2)
@@ -108,7 +109,7 @@ def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(make_ingress: I
     """No trusted proxy: the peer (loopback) is the client, whatever X-Forwarded-For claims."""
     pipeline = make_ingress(HOOKSTREAM_CM_ALLOWED_IPS=CM_RANGES)
     headers = {"content-type": "application/json", "authorization": basic(secrets.cm_token)}
-    with httpx.Client(base_url=pipeline.url, timeout=5) as client:
+    with httpx.Client(base_url=pipeline.url, timeout=HTTP_DEADLINE_S) as client:
         for forged in (CM_IP, f"6.6.6.6, {CM_IP}", f"{CM_IP}:443", f"::ffff:{CM_IP}", f"[::ffff:{CM_IP}]:1"):
             count("bad_inputs_tried")
             response = client.post("/webhooks/cm/mo", content=CM_MO, headers={**headers, "x-forwarded-for": forged})
@@ -140,7 +141,7 @@ FORWARDED_CASES = [
 def test_forwarded_for_walk_behind_a_trusted_proxy(make_ingress: IngressFactory, secrets: Secrets) -> None:
     pipeline = make_ingress(HOOKSTREAM_CM_ALLOWED_IPS=CM_RANGES, HOOKSTREAM_TRUSTED_PROXIES="127.0.0.1/32")
     wrong = []
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=HTTP_DEADLINE_S) as client:
         for lines, expected in FORWARDED_CASES:
             before = stored(pipeline)
             headers = [("content-type", "application/json"), ("authorization", basic(secrets.cm_token))]
@@ -156,19 +157,19 @@ def test_ipv6_peers(make_ingress: IngressFactory, secrets: Secrets) -> None:
     """An ingress on [::1]: an IPv6 peer is matched against IPv6 ranges, never an IPv4 list."""
     allowed = make_ingress(host="::1", HOOKSTREAM_MX2_ALLOWED_IPS="::1/128")
     url = f"http://[::1]:{allowed.port}/webhooks/mx2?token={secrets.mx2_token}"
-    assert httpx.post(url, content=MX2, timeout=5).status_code == 200
+    assert httpx.post(url, content=MX2, timeout=HTTP_DEADLINE_S).status_code == 200
     refused = make_ingress(host="::1", HOOKSTREAM_MX2_ALLOWED_IPS="127.0.0.1/32,::2/128")
     url = f"http://[::1]:{refused.port}/webhooks/mx2?token={secrets.mx2_token}"
     count("bad_inputs_tried")
-    assert httpx.post(url, content=MX2, timeout=5).status_code == 403
+    assert httpx.post(url, content=MX2, timeout=HTTP_DEADLINE_S).status_code == 403
     # An IPv6 peer that is a trusted proxy forwards an IPv4-mapped client.
     proxied = make_ingress(host="::1", HOOKSTREAM_TRUSTED_PROXIES="::1/128", HOOKSTREAM_CM_ALLOWED_IPS=CM_RANGES)
     headers = {"authorization": basic(secrets.cm_token), "content-type": "application/json"}
-    response = httpx.post(f"http://[::1]:{proxied.port}/webhooks/cm/mo", content=CM_MO, timeout=5,
+    response = httpx.post(f"http://[::1]:{proxied.port}/webhooks/cm/mo", content=CM_MO, timeout=HTTP_DEADLINE_S,
                           headers={**headers, "x-forwarded-for": f"::ffff:{CM_IP}"})
     assert response.status_code == 200
     count("bad_inputs_tried")
-    response = httpx.post(f"http://[::1]:{proxied.port}/webhooks/cm/mo", content=CM_MO, timeout=5,
+    response = httpx.post(f"http://[::1]:{proxied.port}/webhooks/cm/mo", content=CM_MO, timeout=HTTP_DEADLINE_S,
                           headers={**headers, "x-forwarded-for": "::ffff:6.6.6.6"})
     assert response.status_code == 403
 
@@ -209,7 +210,7 @@ def test_forged_gatewayapi_jwts_are_401(make_ingress: IngressFactory, secrets: S
     pipeline = make_ingress()
     body = json.dumps(GW_DLR).encode()
     url = f"{pipeline.url}/webhooks/gatewayapi"
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=HTTP_DEADLINE_S) as client:
         for label, token in forged_jwts(secrets.gwapi_jwt).items():
             count("bad_inputs_tried")
             headers: dict[str, str | bytes] = {"content-type": "application/json"}
@@ -240,7 +241,7 @@ def test_a_valid_jwt_does_not_carry_another_body(make_ingress: IngressFactory, s
         "[" * 30000,  # deeper than the json module recurses
         "\udcff",
     ]
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=HTTP_DEADLINE_S) as client:
         for forged in forgeries:
             count("bad_inputs_tried")
             response = client.post(url, content=forged.encode("utf-8", "surrogateescape"),
@@ -255,7 +256,7 @@ def test_hmac_of_another_body_and_malformed_signatures_are_401(make_ingress: Ing
     port = pipeline.port
     url = f"{pipeline.url}/webhooks/gatewayapi/events"
     good = sign_hmac(GW_EVENT, secrets.gwapi_hmac)
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=HTTP_DEADLINE_S) as client:
         for label, header in {
             "another body": sign_hmac(GW_EVENT + b" ", secrets.gwapi_hmac),
             "another key": sign_hmac(GW_EVENT, secrets.gwapi_hmac + "x"),
@@ -284,7 +285,7 @@ def test_hmac_of_another_body_and_malformed_signatures_are_401(make_ingress: Ing
 def test_shared_tokens(make_ingress: IngressFactory, secrets: Secrets) -> None:
     pipeline = make_ingress()
     mx2 = f"{pipeline.url}/webhooks/mx2"
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=HTTP_DEADLINE_S) as client:
         for label, params, headers in [
             ("missing", {}, {}),
             ("wrong", {"token": "nope"}, {}),
@@ -313,10 +314,9 @@ def test_bodies_over_the_limit(make_ingress: IngressFactory, secrets: Secrets) -
     pipeline = make_ingress(HOOKSTREAM_MAX_BODY_BYTES="1000")
     port, token = pipeline.port, secrets.mx2_token
     head = f"POST /webhooks/mx2?token={token} HTTP/1.1\r\nHost: x\r\n".encode()
-    # Refused on Content-Length before the body is sent at all.
-    started = time.monotonic()
+    # Refused on Content-Length before the body is sent at all: the body never comes, so an answer
+    # proves the ingress did not wait for it (waiting, it would answer nothing before the deadline).
     assert raw_http(port, head + b"Content-Length: 50000000\r\n\r\n") == 413
-    assert time.monotonic() - started < 2
     assert raw_http(port, head + b"Content-Length: 1001\r\nConnection: close\r\n\r\n" + b"a" * 1001) == 413
     # Without Content-Length (chunked): refused while streaming.
     chunk = b"3e8\r\n" + b"a" * 1000 + b"\r\n"

@@ -95,7 +95,7 @@ def test_a_jwt_binds_the_body() -> None:
 @pytest.fixture
 def r(fault_servers: Servers) -> Iterator[redis.Redis]:
     if not fault_servers.redis_running():
-        fault_servers.redis.start()
+        fault_servers.start_redis()
     client = redis.Redis.from_url(fault_servers.redis.url)
     client.flushall()
     yield client
@@ -174,7 +174,8 @@ def test_postgres_unreachable_fails_the_write_cleanly_within_its_budget() -> Non
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable):
             write_with_retry(pool, [entry], budget_s=1.5)
-        assert time.monotonic() - started < 3, "the wait for a connection is bounded by the budget"
+        # Bounded by the 1.5 s budget, not by the pool's 30 s default (the bug); the margin is for a busy machine.
+        assert time.monotonic() - started < 10, "the wait for a connection is bounded by the budget"
 
 
 @pytest.mark.parametrize("fields", [
@@ -208,19 +209,23 @@ def test_a_dispatcher_started_while_redis_is_down_waits_for_it(make_pipeline: ob
 
     pipeline = Pipeline(fault_servers, secrets)  # type: ignore[arg-type]
     if not fault_servers.redis_running():
-        fault_servers.redis.start()
+        fault_servers.start_redis()
     pipeline.reset()
     fault_servers.kill_redis()
     try:
         pipeline.start_dispatcher()
-        time.sleep(3)  # imports done, first attempts refused
-        assert pipeline.dispatcher is not None and pipeline.dispatcher.alive(), pipeline.dispatcher.log_text()[-800:]
-        fault_servers.redis.start()
+        dispatcher = pipeline.dispatcher
+        assert dispatcher is not None
+        # Its first attempts were refused (it says so), and it is still running: it waits.
+        wait_until(lambda: "redis unavailable" in dispatcher.log_text() or not dispatcher.alive(), 90,
+                   "the dispatcher to meet the refused connection")
+        assert dispatcher.alive(), dispatcher.log_text()[-800:]
+        fault_servers.start_redis()
         s = pipeline.settings
         wait_until(lambda: bool(pipeline.redis.exists(s.stream)) and any(
-            g["name"].decode() == s.group for g in pipeline.redis.xinfo_groups(s.stream)), 20, "the consumer group")
-        assert pipeline.dispatcher.alive()
+            g["name"].decode() == s.group for g in pipeline.redis.xinfo_groups(s.stream)), 60, "the consumer group")
+        assert dispatcher.alive()
     finally:
         if not fault_servers.redis_running():
-            fault_servers.redis.start()
+            fault_servers.start_redis()
         pipeline.stop()
