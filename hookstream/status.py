@@ -41,6 +41,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry
 
 from shared.settings import Settings
+from shared.streamids import id_to_tuple
 
 WINDOW_S = 300
 KEYS = ("stream", "stream_length", "stream_oldest_age_s", "group", "group_exists", "lag", "pending",
@@ -57,7 +58,7 @@ def empty_report(settings: Settings) -> dict[str, Any]:
 
 def id_age_s(stream_id: bytes | str, now_ms: int) -> float:
     """Age of an entry from its id: ids are Redis's own clock in ms, so compare with Redis TIME."""
-    ms = int((stream_id.decode() if isinstance(stream_id, bytes) else stream_id).partition("-")[0])
+    ms = id_to_tuple(stream_id)[0]
     return round(max(0, now_ms - ms) / 1000, 1)
 
 

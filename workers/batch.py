@@ -19,6 +19,7 @@ from redis import Redis
 
 from shared.record import RawRecord
 from shared.settings import Settings
+from shared.streamids import id_to_tuple
 from workers.context import WorkerContext
 from workers.metrics import WorkerMetrics
 from workers.normalize import Entry, NormalizeContext, normalize_entries
@@ -33,7 +34,7 @@ def read_entries(redis: Redis, stream: str, ids: list[str]) -> list[RawEntry]:
     """The batch's entries: one XRANGE over its span, then single look-ups for any left out."""
     if not ids:
         return []
-    ordered = sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
+    ordered = sorted(ids, key=id_to_tuple)
     wanted = set(ids)
     found: dict[str, Mapping[bytes, bytes]] = {}
     for sid, fields in redis.xrange(stream, ordered[0], ordered[-1], count=len(ids) * 2 + 16):

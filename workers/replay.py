@@ -22,7 +22,9 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from shared.errors import ParseError
 from shared.settings import Settings
+from shared.streamids import MAX_PART, id_to_tuple
 from workers.batch import RawEntry, read_archive, replay_entries
 from workers.context import WorkerContext
 
@@ -42,24 +44,26 @@ class Selection:
     provider: str | None = None
     feed: str | None = None
 
+    def __post_init__(self) -> None:
+        # A mistyped id is refused before anything is read, not by Redis halfway through.
+        for name, stream_id in (("from_id", self.from_id), ("to_id", self.to_id)):
+            if stream_id is not None:
+                try:
+                    id_to_tuple(stream_id)
+                except ValueError as exc:
+                    raise ParseError(f"{name}: {exc}") from None
+
     def id_range(self) -> tuple[str, str]:
         """XRANGE bounds: the narrower of the id range and the time range (ids start with ms)."""
         start, end = self.from_id or "-", self.to_id or "+"
         if self.since is not None:
-            start = max(start, f"{int(self.since.timestamp() * 1000)}-0", key=_id_key)
+            start = max(start, f"{max(int(self.since.timestamp() * 1000), 0)}-0", key=id_to_tuple)
         if self.until is not None:
-            end = min(end, f"{int(self.until.timestamp() * 1000) - 1}-18446744073709551615", key=_id_key)
+            end = min(end, f"{max(int(self.until.timestamp() * 1000) - 1, 0)}-{MAX_PART}", key=id_to_tuple)
         return start, end
 
     def wants(self, provider: str, feed: str) -> bool:
         return (self.provider in (None, provider)) and (self.feed in (None, feed))
-
-
-def _id_key(stream_id: str) -> tuple[float, float]:
-    if stream_id in ("-", "+"):
-        return (float("-inf"), 0) if stream_id == "-" else (float("inf"), 0)
-    ms, _, seq = stream_id.partition("-")
-    return float(ms), float(seq or 0)
 
 
 def stream_pages(redis: Redis, stream: str, selection: Selection, page: int) -> Iterator[list[RawEntry]]:
