@@ -9,9 +9,8 @@ lock (SKIP LOCKED). Rows without provider/feed are skipped. purge: nothing witho
 from __future__ import annotations
 
 import argparse
-import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -21,25 +20,23 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from hookstream.terminal import visible
+from shared.errors import ParseError
 from shared.record import RawRecord
 from shared.settings import Settings
+from shared.times import parse_moment
 
 BATCH = 500
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+WHEN = "ISO-8601 (UTC without an offset), today, yesterday, or an age: 90m, 2h, 7d, 1w"
 Row = dict[str, Any]
 Conn = psycopg.Connection[Row]
 
 
 def parse_when(text: str, now: datetime | None = None) -> datetime:
-    """`2h`, `7d` (that long ago) or ISO-8601; a time without an offset is UTC."""
-    if match := RELATIVE.match(text.strip().lower()):
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match[1]) * UNITS[match[2]])
+    """`--since`/`--until`: the shared command-line time (`parse_moment`), its refusal told the argparse way."""
     try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither ISO-8601 nor a duration like 90m, 2h, 7d") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return parse_moment(text, now)
+    except ParseError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def where(args: argparse.Namespace) -> tuple[str, list[Any]]:
@@ -185,8 +182,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         dest="dead_letters_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
     for flag, options in (("--provider", {}), ("--feed", {}), ("--reason", {"help": "substring, any case"}),
-                          ("--since", {"type": parse_when, "help": "last seen at/after: ISO-8601, or 2h, 7d ago"}),
-                          ("--until", {"type": parse_when, "help": "last seen before: ISO-8601, or 2h, 7d ago"})):
+                          ("--since", {"type": parse_when, "help": f"last seen at/after: {WHEN}"}),
+                          ("--until", {"type": parse_when, "help": f"last seen before: {WHEN}"})):
         filters.add_argument(flag, **options)  # type: ignore[arg-type]
     state = filters.add_mutually_exclusive_group()
     state.add_argument("--include-requeued", action="store_true", help="also rows already requeued")

@@ -1,4 +1,5 @@
-"""Provider times to timezone-aware UTC. Each provider module names its own time-zone assumption."""
+"""Provider times to timezone-aware UTC (each provider module names its own time-zone assumption), and
+the one grammar of durations and command-line times."""
 
 from __future__ import annotations
 
@@ -107,15 +108,47 @@ def from_iso(text: object) -> datetime | None:
         raise ParseError(f"time {text!r} is out of range") from exc
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The one grammar for a length of time, in settings (retention, timeouts) and on the command line
+# (`--since 7d`): a number, maybe with a fraction, and a unit (any case); a bare number is seconds.
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)", re.IGNORECASE)
+# Named days, UTC: how many days before today's midnight they start.
+_DAYS_BACK = {"today": 0, "yesterday": 1}
+DURATION_FORMS = "seconds, or a number with a unit s, m, h, d or w (90s, 15m, 1.5h, 7d, 1w)"
+MOMENT_FORMS = "an ISO-8601 time (UTC without an offset), today, yesterday, or an age such as 90s, 15m, 2h, 7d, 1w"
+
+
+def parse_duration(text: str) -> timedelta:
+    """A length of time in the grammar above: `90s`, `15m`, `1.5h`, `7d`, `1w`, `3600` (seconds)."""
+    found = _DURATION.fullmatch(text.strip())
+    if found is None:
+        raise ParseError(f"{text!r} is not a duration: use {DURATION_FORMS}")
+    number, unit = found.groups()
+    try:
+        return timedelta(seconds=float(number) * _UNIT_SECONDS[unit.lower() or "s"])
+    except OverflowError:
+        raise ParseError(f"{text!r} is longer than any duration can be") from None
 
 
 def parse_moment(text: str, now: datetime | None = None) -> datetime:
-    """A command-line time: ISO-8601 (UTC when no offset) or an age such as `90m`, `2h`, `7d` (ago)."""
-    text = text.strip()
-    if text[:-1].isdigit() and text[-1:] in _UNITS:
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
-    moment = from_iso(text)
+    """A command-line time (`--since`, `--until`), in UTC: ISO-8601 (UTC when no offset), `today` or
+    `yesterday` (that UTC day's midnight), or an age (a duration with its unit: that long before `now`).
+    A bare number is never an age: `20250501` is a date."""
+    stripped = text.strip()
+    now = now or datetime.now(timezone.utc)
+    if stripped.lower() in _DAYS_BACK:
+        midnight = datetime.combine(now.astimezone(timezone.utc).date(), datetime.min.time(), timezone.utc)
+        return midnight - timedelta(days=_DAYS_BACK[stripped.lower()])
+    found = _DURATION.fullmatch(stripped)
+    if found is not None and found[2]:
+        try:
+            return now - parse_duration(stripped)
+        except OverflowError:
+            raise ParseError(f"{text!r} reaches back before the year 1") from None
+    try:
+        moment = from_iso(stripped)
+    except ParseError:
+        moment = None
     if moment is None:
-        raise ParseError("an empty time")
+        raise ParseError(f"{text!r} is not a time: use {MOMENT_FORMS}")
     return moment
