@@ -1,6 +1,7 @@
 """Which addresses may call each provider's routes.
 
-A configured list replaces the default. GatewayAPI's default comes from DNS, resolved in the
+A configured list replaces the default, which each provider names in its row of
+`shared.settings.DEFAULT_ALLOWED_IPS`. GatewayAPI's default comes from DNS, resolved in the
 background so the ingress listens at once; until the first answer the fallback list applies,
 and a failed refresh keeps the last good set.
 """
@@ -11,15 +12,15 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Mapping
 
-from shared.settings import CM_RANGES, GATEWAYAPI_DNS, LOOPBACK, IPAddress, NetList, Settings
+from ingress.routes import FEEDS
+from shared.settings import (DEFAULT_ALLOWED_IPS, GATEWAYAPI_DNS, LOOPBACK, IPAddress, NetList, Settings,
+                             default_allowed_ips)
 
 log = logging.getLogger("hookstream.ingress")
 
 Resolver = Callable[[], Awaitable[Iterable[str]]]
-
-ANY = NetList(any_address=True)
 
 
 async def resolve_gatewayapi(names: Iterable[tuple[str, str]] = GATEWAYAPI_DNS, timeout_s: float = 5.0) -> set[str]:
@@ -64,22 +65,22 @@ class DnsAllowList:
 class SourcePolicy:
     """The allow-list in force for each provider (local profile: loopback added everywhere)."""
 
-    def __init__(self, settings: Settings, gatewayapi_dns: DnsAllowList) -> None:
+    def __init__(self, settings: Settings, gatewayapi_dns: DnsAllowList,
+                 defaults: Mapping[str, str] = DEFAULT_ALLOWED_IPS) -> None:
         self._gatewayapi_dns = gatewayapi_dns
         self._extra = NetList.parse(LOOPBACK) if settings.local_profile else NetList()
-        defaults = {"cm": NetList.parse(CM_RANGES), "smsmode": ANY, "mx2": ANY}
-        self._static = {
-            provider: (configured or defaults.get(provider))
-            for provider, configured in settings.allowed_ips.items()
-        }
-        for provider, default in defaults.items():
-            self._static.setdefault(provider, default)
+        # Every provider with a route: its configured list, else its own default (None: the DNS list).
+        # A provider with neither stops the start-up here (ConfigError).
+        self._lists: dict[str, NetList | None] = {}
+        for provider in sorted({feed.provider for feed in FEEDS}):
+            configured = settings.allowed_ips.get(provider)
+            self._lists[provider] = configured if configured is not None else default_allowed_ips(provider, defaults)
         self._memo: dict[tuple[str, IPAddress | None], bool] = {}
         self._memo_dns = gatewayapi_dns.current
 
     def allowed(self, provider: str) -> NetList:
-        static = self._static.get(provider)
-        base = static if static is not None else self._gatewayapi_dns.current
+        listed = self._lists[provider]  # a provider without a route has no list, not another's
+        base = listed if listed is not None else self._gatewayapi_dns.current
         return base.plus(self._extra) if self._extra.networks else base
 
     def admits(self, provider: str, client: IPAddress | None, memo_size: int = 4096) -> bool:

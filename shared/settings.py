@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Mapping
 
 from shared.errors import ConfigError
@@ -64,6 +65,26 @@ class NetList:
 
     def plus(self, other: NetList) -> NetList:
         return NetList(self.networks + other.networks, self.any_address or other.any_address)
+
+
+# Each provider's allow-list when HOOKSTREAM_<P>_ALLOWED_IPS is not set: CIDRs, `*` (any address), or
+# FROM_DNS (GatewayAPI's published names, GATEWAYAPI_DNS, resolved by the ingress in the background).
+# Every provider has its row: one without is a configuration error, never another provider's list.
+FROM_DNS = "dns"
+DEFAULT_ALLOWED_IPS: Mapping[str, str] = MappingProxyType({
+    "cm": CM_RANGES,  # its published ranges
+    "gatewayapi": FROM_DNS,  # its DNS names
+    "smsmode": "*",  # publishes none: the README and the start-up log ask for a list or a token
+    "mx2": "*",  # publishes none either
+})
+
+
+def default_allowed_ips(provider: str, defaults: Mapping[str, str] = DEFAULT_ALLOWED_IPS) -> NetList | None:
+    """`provider`'s row of the defaults as a list; None for FROM_DNS (the ingress's DNS list)."""
+    if provider not in defaults:
+        raise ConfigError(f"{provider} has no default allow-list: set HOOKSTREAM_{provider.upper()}_ALLOWED_IPS")
+    default = defaults[provider]
+    return None if default == FROM_DNS else NetList.parse(default, f"the default allow-list of {provider}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -135,6 +156,8 @@ class Settings:
         for provider in PROVIDERS:
             name = f"HOOKSTREAM_{provider.upper()}_ALLOWED_IPS"
             allowed[provider] = NetList.parse(env[name], name) if env.get(name, "").strip() else None
+            if allowed[provider] is None:  # its default applies: a provider without one stops here
+                default_allowed_ips(provider, DEFAULT_ALLOWED_IPS)
             tokens[provider] = _secret(env, f"HOOKSTREAM_{provider.upper()}_TOKEN")
         keywords = env.get("HOOKSTREAM_GATEWAYAPI_KEYWORDS", "")
         return cls(
