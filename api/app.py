@@ -1,4 +1,4 @@
-"""The consent API: a small Starlette app over the consent tables (see api/README.md).
+"""The consent API: a small Starlette app over the consent tables (see the README, "Consent API").
 
 Routes: GET /v1/consent/{subject}?scope=, POST /v1/consent/check, GET /v1/consent/review,
 POST /v1/consent/review/{event_id}, GET /v1/consent/changes?since=&limit=, GET /openapi.json.

@@ -1,4 +1,4 @@
-"""The built-in dashboard served by `hookstream api` at `/` (docs/dashboard.md).
+"""The built-in dashboard, served by `hookstream api` at `/` (README, "Dashboard").
 
     from dashboard import PUBLIC_PATHS, routes
     routes(settings, tokens)  # -> list of Starlette routes; PUBLIC_PATHS: what the API's bearer

@@ -1,7 +1,7 @@
 """What the dashboard shows, read from Postgres and Redis: one function per section, each returning
 plain JSON-ready dicts. The page, its partials and its JSON endpoints all render these.
 
-Sources (docs/dashboard.md says the same for operators):
+Sources (the README's "Dashboard", "What it shows" says the same for operators):
 
 - Flow, the operational numbers: `hookstream.status.read_redis` / `read_postgres` on the same kind
   of report `hookstream status --json` prints (`status.empty_report`), so the numbers are the same.
