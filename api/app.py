@@ -19,16 +19,15 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-
-from dashboard import PUBLIC_PATHS, Dashboard
-from dashboard.app import SecureHeaders
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from api import cursor, inputs, queries
+from api import cursor, inputs, queries, review
 from api.answers import answer
 from api.auth import ApiTokens, BearerAuth, token_label
+from api.dashboard import PUBLIC_PATHS, Dashboard
+from api.dashboard.app import SecureHeaders
 from api.errors import ApiError, JSONResponse, error_response, invalid
 from api.openapi import FIXED, document
 from api.subjects import Classifier, InvalidSubject, scope_forms
@@ -140,19 +139,10 @@ async def review_decide(request: Request) -> Response:
     event_id = request.path_params["event_id"]
     inputs.query(request.query_params.multi_items(), ())
     decision = inputs.decision_request(inputs.parse_json(await read_body(request, 4096)))
-    if not 1 <= len(event_id) <= 512 or "\x00" in event_id:
-        raise invalid("event_id must be 1 to 512 characters, without NUL")
+    review.check_event_id(event_id)
     label = token_label(request.scope)
-    try:
-        async with _state(request)["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
-            made = await queries.decide(conn, event_id, decision, label)
-    except queries.NotInQueue:
-        raise ApiError(404, "not_found", "no possible_opt_out event has this id") from None
-    except queries.Conflict as exc:
-        raise ApiError(409, "conflict", f"this event was decided already: {exc.decision}",
-                       decision=exc.decision, decided_by=exc.decided_by) from None
-    except queries.CannotApply as exc:
-        raise invalid(str(exc)) from None
+    async with _state(request)["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        made = await review.decide(conn, event_id, decision, label)
     log.info("review decision %s on %s by %s%s", decision, event_id, label, " (repeated)" if made.repeated else "")
     return JSONResponse(made.as_json())
 

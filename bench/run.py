@@ -13,7 +13,9 @@ processes, and reports each figure next to a baseline measured in the same run o
   against the raw INSERT ceiling and one RQ job per webhook;
 - worker_profile (bench/profile_workers.py): a worker's CPU per entry, phase by phase, in one process;
 - replay (bench/replay.py): `workers.replay.replay` over 100,000 entries against the live pipeline;
-- e2e (bench/e2e.py): ack-to-commit lag at a steady 1,000 req/s for 60 s through every process.
+- e2e (bench/e2e.py): ack-to-commit lag at a steady 1,000 req/s for 60 s through every process;
+- consent (bench/consent.py): the consent API's bulk check of 100,000 subjects, beside one query per subject;
+- dashboard (bench/dashboard.py): the dashboard's page and data endpoints over 1,000,000 events.
 `--quick` shrinks every size (about 3 minutes in all). Benchmarks report; nothing is asserted.
 The exit code is non-zero only when a benchmark could not run.
 """
@@ -168,8 +170,8 @@ def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
     if name == "e2e":
         from bench import e2e
         return e2e.run(log=log, **params)
-    if name == "consent":  # the consent API's bulk check (api/bench.py) on a cluster of its own
-        from api import bench as consent
+    if name == "consent":  # the consent API's bulk check (bench/consent.py) on a cluster of its own
+        from bench import consent
         from hookstream.embedded import PostgresServer
         from hookstream.migrate import migrate
 
@@ -179,8 +181,8 @@ def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
             return consent.run(postgres.url, **params)
         finally:
             postgres.remove()
-    if name == "dashboard":  # the dashboard's page and data endpoints over many events (dashboard/bench.py)
-        from dashboard import bench as dashboard
+    if name == "dashboard":  # the dashboard's page and data endpoints over many events (bench/dashboard.py)
+        from bench import dashboard
         return dashboard.run(**params)
     raise ValueError(name)
 

@@ -14,8 +14,7 @@ import tempfile
 import threading
 from typing import Sequence
 
-from api.cli import register as register_api
-from hookstream import dead_letters, stats, status
+from hookstream import api, dead_letters, stats, status
 from shared import logs
 from shared.errors import ConfigError
 from shared.settings import PROVIDERS, Settings
@@ -147,10 +146,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_replay)
 
-    status.register(sub)
-    dead_letters.register(sub)
-    stats.register(sub)
-    register_api(sub)
+    # Each command module adds its own subcommand.
+    for command in (status, dead_letters, stats, api):
+        command.register(sub)
 
     p = sub.add_parser("run", help="run everything; embedded Redis and Postgres when no URLs are set")
     p.add_argument("--host", default=os.environ.get("HOOKSTREAM_HOST", "127.0.0.1"))

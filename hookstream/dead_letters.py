@@ -19,7 +19,8 @@ from psycopg.rows import dict_row
 from redis import Redis
 from redis.exceptions import RedisError
 
-from hookstream.terminal import visible
+from shared import reports
+from shared.display import render_bytes, visible
 from shared.errors import ParseError
 from shared.record import RawRecord
 from shared.settings import Settings
@@ -47,19 +48,6 @@ def where(args: argparse.Namespace) -> tuple[str, list[Any]]:
         ("feed = %s", args.feed), ("strpos(lower(reason), lower(%s)) > 0", args.reason),
         ("last_seen >= %s", args.since), ("last_seen < %s", args.until)) if value is not None]
     return " AND ".join(clauses + [c for c, _ in picked]) or "TRUE", [v for _, v in picked]
-
-
-def render_bytes(data: bytes) -> tuple[str, str]:
-    """("text", …) for UTF-8 without C0 controls other than tab, CR and LF, else ("hex", lines of 32
-    bytes): binary never garbles a terminal. The text keeps its newlines and tabs; anything else a
-    terminal would act on (CR, C1 controls, bidi overrides and isolates) is shown escaped (`visible`)."""
-    try:
-        text = data.decode("utf-8")
-        if not any((c < " " and c not in "\t\r\n") or c == "\x7f" for c in text):
-            return "text", visible(text, keep="\t\n")
-    except UnicodeDecodeError:
-        pass
-    return "hex", "\n".join(data[i : i + 32].hex(" ") for i in range(0, len(data), 32))
 
 
 def record_from_row(row: Row) -> RawRecord | None:
@@ -126,21 +114,15 @@ def requeue(conn: Conn, redis: Redis, stream: str, args: argparse.Namespace) -> 
             return counts
 
 
-def _count(conn: Conn, clause: str, params: list[Any]) -> int:
-    found = conn.execute(f"SELECT count(*) AS n FROM dead_letters WHERE {clause}", params).fetchone()
-    return int(found["n"]) if found else 0
-
-
 def cmd_list(settings: Settings, conn: Conn, args: argparse.Namespace) -> int:
     clause, params = where(args)
-    found = conn.execute(f"SELECT * FROM dead_letters WHERE {clause} ORDER BY last_seen DESC, id DESC LIMIT %s",
-                         [*params, args.limit]).fetchall()
-    print(format_list(found, _count(conn, clause, params)))
+    found = reports.dead_letter_list(conn, args.limit, clause, params)
+    print(format_list(found, reports.dead_letter_count(conn, clause, params)))
     return 0
 
 
 def cmd_show(settings: Settings, conn: Conn, args: argparse.Namespace) -> int:
-    row = conn.execute("SELECT * FROM dead_letters WHERE id = %s", (args.id,)).fetchone()
+    row = reports.dead_letter(conn, args.id)
     print(format_show(row) if row else f"no dead letter {args.id}")
     return 0 if row else 1
 
@@ -157,7 +139,8 @@ def cmd_requeue(settings: Settings, conn: Conn, args: argparse.Namespace) -> int
 def cmd_purge(settings: Settings, conn: Conn, args: argparse.Namespace) -> int:
     clause, params = where(args)
     if not args.yes:
-        print(f"would delete {_count(conn, clause, params)} dead letter(s); nothing deleted (add --yes)")
+        matching = reports.dead_letter_count(conn, clause, params)
+        print(f"would delete {matching} dead letter(s); nothing deleted (add --yes)")
         return 1
     print(f"deleted {conn.execute(f'DELETE FROM dead_letters WHERE {clause}', params).rowcount} dead letter(s)")
     return 0

@@ -18,9 +18,11 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, Iterable
 
 from hookstream.embedded import EmbeddedError, PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
+from shared.examples import example_curl
 from shared.settings import Settings
 
 log = logging.getLogger("hookstream.run")
@@ -38,13 +40,6 @@ def postgres_dir(base: Path) -> Path:
         return base / "postgres"
     tag = hashlib.sha1(str(base).encode()).hexdigest()[:10]
     return Path("/var/tmp") / f"hookstream-postgres-{tag}"
-
-
-def example_curl(port: int) -> str:
-    return (
-        f"curl -i -X POST http://127.0.0.1:{port}/webhooks/cm/mo -H 'Content-Type: application/json' "
-        "-d '{\"reference\":\"ref-1\",\"from\":\"+31612345678\",\"to\":\"3669\",\"body\":\"STOP\",\"groupings\":[\"\",\"\",\"\"]}'"
-    )
 
 
 def run_all(settings: Settings, *, host: str, port: int, workers: int) -> int:
@@ -76,7 +71,7 @@ def run_all(settings: Settings, *, host: str, port: int, workers: int) -> int:
         api = ["api", "--host", host, "--port", str(api_port)]
         commands = [ingress, ["dispatch"], ["worker", "-n", str(workers)], api]
         children = [subprocess.Popen([sys.executable, "-m", "hookstream.cli", *c], env=env) for c in commands]
-        stack.callback(_stop_children, children)
+        stack.callback(stop_children, children)
         print(f"\nhookstream is running: ingress on http://{host}:{port}, {workers} worker(s). Try:\n\n"
               f"  {example_curl(port)}\n\nthen: psql {env['HOOKSTREAM_DATABASE_URL']} -c 'select * from events'\n"
               f"consent API and dashboard: http://{host}:{api_port}/ (token: {token})\n"
@@ -102,12 +97,14 @@ def _wait(children: list[subprocess.Popen[bytes]]) -> int:
     return 0
 
 
-def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for child in children:
+def stop_children(children: Iterable[subprocess.Popen[Any] | None], timeout_s: float = 20.0) -> None:
+    """SIGTERM each child still running, then SIGKILL what is still there after `timeout_s` (the
+    benchmarks stop their processes with it too)."""
+    running = [c for c in children if c is not None and c.poll() is None]
+    for child in running:
+        child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for child in running:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

@@ -1,10 +1,11 @@
 """`hookstream stats [--days 14] [--provider P] [--json]`: deliverability per provider, sender and day.
 
-Reads the `deliverability_daily` view (migration 003), which counts messages by their CURRENT status
-(message_status: one row per message and recipient), not status reports: a message reported sent then
-delivered counts once, as delivered. Days are UTC dates, the window is today and the `days - 1` before
-it by the database's clock. Each provider's rows come newest day first, then a total row for the
-provider whose rate is recomputed from the summed counts (never an average of daily rates).
+Reads the `deliverability_daily` view (migration 003) through `shared.reports`, as the dashboard does: it
+counts messages by their CURRENT status (message_status: one row per message and recipient), not status
+reports: a message reported sent then delivered counts once, as delivered. Days are UTC dates, the window
+is today and the `days - 1` before it by the database's clock. Each provider's rows come newest day
+first, then a total row for the provider whose rate is recomputed from the summed counts (never an
+average of daily rates).
 
 delivery_rate = delivered / (delivered + failed + expired + rejected): messages still in flight
 (sent, queued) do not lower it; null ("-") when nothing is final yet.
@@ -15,43 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import date
-from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from hookstream.terminal import visible
+from shared.display import visible
+from shared.reports import COUNTS, Row, deliverability, with_totals
 from shared.settings import Settings
-
-COUNTS = ("delivered", "failed", "expired", "rejected", "sent", "queued", "unknown", "total")
-FINAL = ("delivered", "failed", "expired", "rejected")
-QUERY = """
-SELECT provider, sender, day, delivered, failed, expired, rejected, sent, queued, unknown, total
-FROM deliverability_daily
-WHERE day >= (now() AT TIME ZONE 'UTC')::date - (%(days)s::int - 1)
-  AND (%(provider)s::text IS NULL OR provider = %(provider)s)
-ORDER BY provider, day DESC, sender
-"""
-
-Row = dict[str, Any]
-
-
-def delivery_rate(row: Row) -> float | None:
-    final = sum(int(row[k]) for k in FINAL)
-    return round(int(row["delivered"]) / final, 4) if final else None
-
-
-def with_totals(rows: list[Row]) -> list[Row]:
-    """The rows (provider, then newest day first) with a total row after each provider's; day None marks it."""
-    out: list[Row] = []
-    for index, row in enumerate(rows):
-        out.append({**row, **{k: int(row[k]) for k in COUNTS}, "delivery_rate": delivery_rate(row)})
-        if index + 1 == len(rows) or rows[index + 1]["provider"] != row["provider"]:
-            mine = [r for r in rows if r["provider"] == row["provider"]]
-            total: Row = {"provider": row["provider"], "sender": None, "day": None,
-                          **{k: sum(int(r[k]) for r in mine) for k in COUNTS}}
-            out.append({**total, "delivery_rate": delivery_rate(total)})
-    return out
 
 
 def to_json(rows: list[Row], days: int, provider: str | None) -> str:
@@ -81,8 +51,8 @@ def format_table(rows: list[Row], days: int) -> str:
 
 
 def fetch(database_url: str, days: int, provider: str | None) -> list[Row]:
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=5, row_factory=dict_row) as conn:
-        return conn.execute(QUERY, {"days": days, "provider": provider}).fetchall()
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+        return deliverability(conn, days, provider)
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:

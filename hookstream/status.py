@@ -1,5 +1,6 @@
 """`hookstream status [--json]`: is the pipeline keeping up? One look at Redis, RQ and Postgres.
 
+The report is read by `shared.reports.status`, the same one the dashboard's flow section shows.
 Every number is read, not estimated, without RQ's registry cleanups (only Worker.all drops a dead
 worker's stale registration, as RQ does everywhere). A source that cannot be read is reported in
 `errors` (exit code 1) while the others are still shown: during an outage the operator needs the
@@ -31,88 +32,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
 import psycopg
 from redis import Redis
-from redis.exceptions import RedisError
-from rq import Queue, Worker
-from rq.registry import FailedJobRegistry
 
+from shared import reports
 from shared.settings import Settings
-from shared.streamids import id_to_tuple
-
-WINDOW_S = 300
-KEYS = ("stream", "stream_length", "stream_oldest_age_s", "group", "group_exists", "lag", "pending",
-        "pending_oldest_age_s", "pending_oldest_idle_s", "queue", "queue_depth", "replay_queue",
-        "replay_queue_depth", "workers", "failed_jobs", "dead_letters", "events_per_minute", "window_s", "errors")
-
-
-def empty_report(settings: Settings) -> dict[str, Any]:
-    report: dict[str, Any] = dict.fromkeys(KEYS)
-    report.update(stream=settings.stream, group=settings.group, queue=settings.queue,
-                  replay_queue=settings.replay_queue, window_s=WINDOW_S, errors=[])
-    return report
-
-
-def id_age_s(stream_id: bytes | str, now_ms: int) -> float:
-    """Age of an entry from its id: ids are Redis's own clock in ms, so compare with Redis TIME."""
-    ms = id_to_tuple(stream_id)[0]
-    return round(max(0, now_ms - ms) / 1000, 1)
-
-
-def read_redis(redis: Redis, settings: Settings, report: dict[str, Any]) -> None:
-    seconds, micros = redis.time()
-    now_ms = seconds * 1000 + micros // 1000
-    length = int(redis.xlen(settings.stream))
-    first = redis.xrange(settings.stream, count=1) if length else []
-    groups = redis.xinfo_groups(settings.stream) if redis.exists(settings.stream) else []
-    group = next((g for g in groups if g["name"].decode() == settings.group), None)
-    report.update(stream_length=length, stream_oldest_age_s=id_age_s(first[0][0], now_ms) if first else None,
-                  group_exists=group is not None, lag=length, pending=0)
-    if group is not None:
-        report.update(lag=group.get("lag"), pending=int(group["pending"]))
-    if report["pending"]:
-        oldest = redis.xpending_range(settings.stream, settings.group, min="-", max="+", count=1)
-        if oldest:
-            report["pending_oldest_age_s"] = id_age_s(oldest[0]["message_id"], now_ms)
-            report["pending_oldest_idle_s"] = round(oldest[0]["time_since_delivered"] / 1000, 1)
-    queues = [Queue(name, connection=redis) for name in (settings.queue, settings.replay_queue)]
-    report["queue_depth"], report["replay_queue_depth"] = (q.count for q in queues)
-    report["workers"] = len({w.name for q in queues for w in Worker.all(queue=q)})
-    # zcount above "now" instead of .count: .count runs a cleanup, a write; expired ones are not failures to look at.
-    report["failed_jobs"] = sum(int(redis.zcount(FailedJobRegistry(queue=q).key, time.time(), "+inf")) for q in queues)
-
-
-def read_postgres(conn: psycopg.Connection, report: dict[str, Any]) -> None:
-    report["dead_letters"] = conn.execute("SELECT count(*) FROM dead_letters WHERE requeued_at IS NULL").fetchone()[0]
-    per_provider = conn.execute(
-        "SELECT provider, count(*) FROM events WHERE received_at >= now() - make_interval(secs => %s)"
-        " GROUP BY provider ORDER BY provider", (WINDOW_S,)).fetchall()
-    report["events_per_minute"] = {p: round(n * 60 / WINDOW_S, 2) for p, n in per_provider}
 
 
 def collect(settings: Settings) -> dict[str, Any]:
-    """The report, each source on its own: one being down never hides the other."""
-    report = empty_report(settings)
+    """The report (`shared.reports.status`) on connections of this command's own."""
     redis = Redis.from_url(settings.redis_url_or_default(), socket_timeout=5, socket_connect_timeout=2)
     try:
-        read_redis(redis, settings, report)
-    except RedisError as exc:
-        report["errors"].append(f"redis: {_first_line(exc)}")
+        try:
+            conn = psycopg.connect(settings.database_url_or_default(), autocommit=True, connect_timeout=5)
+        except psycopg.Error as exc:
+            return reports.status(settings, redis, None, reports.first_line(exc))
+        with conn:
+            return reports.status(settings, redis, conn)
     finally:
         redis.close()
-    try:
-        with psycopg.connect(settings.database_url_or_default(), autocommit=True, connect_timeout=5) as conn:
-            read_postgres(conn, report)
-    except psycopg.Error as exc:
-        report["errors"].append(f"postgres: {_first_line(exc)}")
-    return report
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _n(value: Any, unit: str = "") -> str:

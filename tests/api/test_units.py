@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from api import cursor
 from api.answers import Row, answer, winner
-from api.cli import ApiConfig, cmd_api, register
+from api.config import ApiConfig
 from api.subjects import InvalidSubject, classify, scope_forms
+from hookstream.api import cmd_api, register
 from shared import fastphone, phones
 from shared.errors import ConfigError
 from shared.phones import normalize_phone

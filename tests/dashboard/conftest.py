@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import ApiTokens
-from dashboard import Dashboard
+from api.dashboard import Dashboard
 from shared.settings import Settings
 from tests.workers.conftest import Drain, dispatcher, drain, ingress_client, settings, worker_context  # noqa: F401
 from tests.workers.test_pipeline import cm_mo, gw_dlr, post

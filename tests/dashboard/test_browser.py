@@ -21,7 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 from starlette.testclient import TestClient
 
 from api.auth import ApiTokens
-from dashboard.bench import serve
+from bench.dashboard import serve
 from shared.settings import Settings
 from tests.dashboard.conftest import SECRET, combined_app, send_traffic
 from tests.workers.conftest import Drain

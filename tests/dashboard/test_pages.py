@@ -14,10 +14,10 @@ import redis
 from starlette.testclient import TestClient
 
 from api.auth import ApiTokens
-from dashboard.app import DATA_PATHS, PARTIAL_PATHS, STATIC_FILES
-from dashboard.session import COOKIE
+from api.dashboard.app import DATA_PATHS, PARTIAL_PATHS, STATIC_FILES
+from api.dashboard.session import COOKIE
 from hookstream import stats, status
-from hookstream.terminal import UNSAFE
+from shared.display import UNSAFE
 from shared.settings import Settings
 from tests.dashboard.conftest import (
     AUTH,
@@ -312,7 +312,7 @@ def test_the_routes_alone_decide_on_a_connection_of_their_own(settings: Settings
     """Without the API app around them (no API pool in the lifespan state), through the same API code."""
     from starlette.applications import Starlette
 
-    from dashboard import Dashboard
+    from api.dashboard import Dashboard
 
     send_traffic(ingress_client, drain)
     dash = Dashboard(settings, tokens, cache_ttl_s={"flow": 0, "deliverability": 0, "consent": 0})

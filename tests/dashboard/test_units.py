@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from dashboard import PUBLIC_PATHS, data
-from dashboard.app import BIGINT_MAX, MAX_FORM_BYTES, SECTIONS, STATIC_FILES, _env, read_form, whole_number
-from dashboard.cache import TTLCache
-from dashboard.review import Refused, check_input
-from dashboard.session import Signer, csrf_ok, same_origin
-from hookstream import stats
+from api.dashboard import PUBLIC_PATHS, data
+from api.dashboard.app import BIGINT_MAX, MAX_FORM_BYTES, SECTIONS, STATIC_FILES, _env, read_form, whole_number
+from api.dashboard.cache import TTLCache
+from api.dashboard.review import check_input
+from api.dashboard.session import Signer, csrf_ok, same_origin
+from api.errors import ApiError
+from shared import reports
 
 START = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 TODAY = date(2026, 12, 1)
@@ -65,13 +66,13 @@ def test_flow_charts_one_per_provider_stacked_by_outcome() -> None:
 
 
 def day_row(provider: str, sender: str, day: date, **counts: int) -> dict[str, Any]:
-    row = {"provider": provider, "sender": sender, "day": day, **dict.fromkeys(stats.COUNTS, 0), **counts}
+    row = {"provider": provider, "sender": sender, "day": day, **dict.fromkeys(reports.COUNTS, 0), **counts}
     row["total"] = sum(counts.values())
     return row
 
 
 def test_shape_deliverability_totals_senders_and_days() -> None:
-    rows = [  # as stats.QUERY orders them: provider, newest day first, sender
+    rows = [  # as reports.deliverability orders them: provider, newest day first, sender
         day_row("gatewayapi", "", TODAY, delivered=2, failed=1),
         day_row("smsmode", "36034", TODAY, delivered=2, sent=1),
         day_row("smsmode", "INFO", TODAY, rejected=1),
@@ -189,7 +190,7 @@ def test_review_input_rules_are_the_apis() -> None:
     check_input("cm:inbound:h:abc", "opt_out")
     check_input("x", "dismiss")
     for event_id, decision in (("x", "maybe"), ("", "dismiss"), ("a" * 513, "dismiss"), ("a\x00b", "dismiss")):
-        with pytest.raises(Refused) as refused:
+        with pytest.raises(ApiError) as refused:
             check_input(event_id, decision)
         assert refused.value.status == 422
 

@@ -43,8 +43,8 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import ApiTokens
-from api.cli import ApiConfig
-from dashboard import Dashboard
+from api.config import ApiConfig
+from api.dashboard import Dashboard
 from hookstream import cli
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -217,8 +217,9 @@ def variables_the_code_reads() -> frozenset[str]:
     Settings.from_env(recorder)
     ApiConfig.from_env(recorder)
     names = {name for name in recorder.names if name.startswith("HOOKSTREAM_")}
-    for source in (ROOT / "shared" / "settings.py", ROOT / "hookstream" / "cli.py", ROOT / "api" / "cli.py",
-                   ROOT / "api" / "auth.py", ROOT / "dashboard" / "app.py", ROOT / "dashboard" / "session.py"):
+    for source in (ROOT / "shared" / "settings.py", ROOT / "hookstream" / "cli.py", ROOT / "hookstream" / "api.py",
+                   ROOT / "api" / "config.py", ROOT / "api" / "auth.py", ROOT / "api" / "dashboard" / "app.py",
+                   ROOT / "api" / "dashboard" / "session.py"):
         names |= set(re.findall(r"[\"'](HOOKSTREAM_[A-Z0-9_]+)[\"']", source.read_text(encoding="utf-8")))
     return frozenset(names)
 
@@ -687,7 +688,7 @@ def test_shutdown_budgets_let_work_in_flight_finish() -> None:
     worker_budget = job_timeout + WORKER_STOP_MARGIN_S
     # The HTTP servers (uvicorn) drain for as long as the command that starts them says.
     servers = {"ingress": ("hookstream-ingress.service", _uvicorn_drain_s() + INGRESS_STOP_MARGIN_S),
-               "api": ("hookstream-api.service", _uvicorn_drain_s("api/cli.py") + INGRESS_STOP_MARGIN_S)}
+               "api": ("hookstream-api.service", _uvicorn_drain_s("hookstream/api.py") + INGRESS_STOP_MARGIN_S)}
     # Kubernetes: the worker finishes its batch; the servers leave their Service, then drain.
     assert pod_spec(by_component("worker"))["terminationGracePeriodSeconds"] >= worker_budget
     for component, (_, budget) in servers.items():

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
-from hookstream.stats import with_totals
-from hookstream.terminal import UNSAFE, visible
+from shared.display import UNSAFE, visible
+from shared.reports import with_totals
 from shared.settings import Settings
 from tests.ops.conftest import Cli
 from tests.workers.conftest import Drain

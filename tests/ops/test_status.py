@@ -15,7 +15,7 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
-from hookstream import status
+from shared import reports
 from shared.settings import Settings
 from tests.ops.conftest import Cli
 from tests.workers.conftest import Drain, run_workers
@@ -42,7 +42,7 @@ def test_before_anything_exists_everything_is_zero(settings: Settings, redis_cli
                                                    db: psycopg.Connection, cli: Cli) -> None:
     code, report = report_of(cli, settings)
     assert code == 0
-    assert list(report) == list(status.KEYS)
+    assert list(report) == list(reports.KEYS)
     assert report == {
         "stream": "hookstream:raw", "stream_length": 0, "stream_oldest_age_s": None, "group": "hookstream:workers",
         "group_exists": False, "lag": 0, "pending": 0, "pending_oldest_age_s": None, "pending_oldest_idle_s": None,

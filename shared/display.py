@@ -1,4 +1,5 @@
-"""Text from providers, made safe to print on an operator's terminal.
+"""Text and bytes from providers, made safe to show: on an operator's terminal (the `hookstream`
+commands) and on the dashboard's pages, escaped the same way in both.
 
 A dead letter's reason, headers and body, or a sender name, are whatever a provider (or someone posing
 as one) sent. Printed raw, an ESC or C1 CSI sequence can recolour or clear the screen, move the
@@ -29,3 +30,16 @@ def visible(text: str, keep: str = "") -> str:
     """`text` with every unsafe character escaped, except those in `keep` (a body's own newlines and
     tabs, printed as layout)."""
     return UNSAFE.sub(lambda m: m[0] if m[0] in keep else escape(m[0]), text)
+
+
+def render_bytes(data: bytes) -> tuple[str, str]:
+    """("text", …) for UTF-8 without C0 controls other than tab, CR and LF, else ("hex", lines of 32
+    bytes): binary never garbles a terminal. The text keeps its newlines and tabs; anything else a
+    terminal would act on (CR, C1 controls, bidi overrides and isolates) is shown escaped (`visible`)."""
+    try:
+        text = data.decode("utf-8")
+        if not any((c < " " and c not in "\t\r\n") or c == "\x7f" for c in text):
+            return "text", visible(text, keep="\t\n")
+    except UnicodeDecodeError:
+        pass
+    return "hex", "\n".join(data[i : i + 32].hex(" ") for i in range(0, len(data), 32))

@@ -1,6 +1,6 @@
 """The dashboard's page and data endpoints with 1,000,000 events in Postgres.
 
-    python -m dashboard.bench [--events 1000000] [--runs 20] [--database-url URL --redis-url URL]
+    python -m bench.dashboard [--events 1000000] [--runs 20] [--database-url URL --redis-url URL]
 
 Without URLs it starts a throw-away PostgreSQL and redis-server (as the tests do); with them, it
 EMPTIES the hookstream tables and the Redis database there first. It loads, by SQL
@@ -47,7 +47,7 @@ from redis import Redis
 from starlette.applications import Starlette
 
 from api.auth import ApiTokens
-from dashboard.app import CACHE_TTL_S, DATA_PATHS, PARTIAL_PATHS, Dashboard
+from api.dashboard.app import CACHE_TTL_S, DATA_PATHS, PARTIAL_PATHS, Dashboard
 from hookstream.embedded import PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
 from shared.settings import Settings
@@ -248,7 +248,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboard.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.dashboard", description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.1, help="seconds between cached requests (default 0.1)")

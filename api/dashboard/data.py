@@ -3,15 +3,15 @@ plain JSON-ready dicts. The page, its partials and its JSON endpoints all render
 
 Sources (the README's "Dashboard", "What it shows" says the same for operators):
 
-- Flow, the operational numbers: `hookstream.status.read_redis` / `read_postgres` on the same kind
-  of report `hookstream status --json` prints (`status.empty_report`), so the numbers are the same.
+- Flow, the operational numbers: `shared.reports.status`, the report `hookstream status --json`
+  prints, read by the same function, so the numbers are the same.
 - Flow, the per-minute chart: events and dead letters per minute of `received_at` (our receive
   time at the ingress) over the last 60 minutes, by provider and outcome. The outcome is what the
   request became in Postgres: an event of kind `inbound`, `status`, `event` or `consent`, or a
   `dead_letter` (one that was not requeued). These are rows, not HTTP requests: a request that is
   refused at the ingress (403/401/413/503) stores nothing and is not here (Grafana has those).
-- Deliverability: the view `deliverability_daily` through `hookstream.stats.QUERY` (current status
-  per message, so a message counts once), totals and rates by `hookstream.stats`.
+- Deliverability: the view `deliverability_daily` through `shared.reports.deliverability` (current
+  status per message, so a message counts once), totals and rates by `shared.reports`, as `hookstream stats`.
 - Consent: `consent_changes` per UTC day of `occurred_at` (the person's time), by new state; the
   review queue is the view `consent_review`.
 """
@@ -25,9 +25,10 @@ from typing import Any, Iterable
 import psycopg
 from psycopg.rows import dict_row
 from redis import Redis
-from redis.exceptions import RedisError
 
-from hookstream import stats, status
+from shared import reports
+from shared.display import render_bytes
+from shared.reports import first_line
 from shared.settings import Settings
 
 Row = dict[str, Any]
@@ -36,7 +37,7 @@ Conn = psycopg.Connection[Any]
 FLOW_MINUTES = 60
 DAYS = 14
 OUTCOMES = ("inbound", "status", "event", "consent", "dead_letter")
-FINAL = stats.FINAL  # delivered, failed, expired, rejected
+FINAL = reports.FINAL  # delivered, failed, expired, rejected
 REVIEW_SHOWN = 50
 DEAD_LETTERS_SHOWN = 5
 
@@ -54,10 +55,8 @@ SELECT coalesce(provider, 'unknown'), 'dead_letter', date_bin('1 minute', coales
 FROM dead_letters WHERE coalesce(received_at, first_seen) >= %(start)s AND requeued_at IS NULL
 GROUP BY 1, 2, 3
 """
-NEWEST_DEAD_SQL = """
-SELECT id, provider, feed, reason, attempts, last_seen FROM dead_letters
-WHERE requeued_at IS NULL ORDER BY last_seen DESC, id DESC LIMIT %s
-"""
+# What the flow section shows of the newest dead letters (read by shared.reports.dead_letter_list).
+NEWEST_DEAD_KEYS = ("id", "provider", "feed", "reason", "attempts")
 TODAY_SQL = "SELECT (now() AT TIME ZONE 'UTC')::date AS today"
 CONSENT_SQL = """
 SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, new_state, count(*) AS n
@@ -70,36 +69,9 @@ SELECT id, event_key, provider, subject, scope, body, keyword, occurred_at, rece
 FROM consent_review ORDER BY id LIMIT %s
 """
 REVIEW_COUNT_SQL = "SELECT count(*) FROM consent_review"
-DEAD_LETTER_LIST_SQL = """
-SELECT id, stream_id, provider, feed, method, reason, attempts, received_at, first_seen, last_seen, requeued_at
-FROM dead_letters WHERE requeued_at IS NULL ORDER BY last_seen DESC, id DESC LIMIT %s
-"""
-DEAD_LETTER_SQL = "SELECT * FROM dead_letters WHERE id = %s"
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # -- Flow -----------------------------------------------------------------------------------------
-
-
-def status_report(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None) -> dict[str, Any]:
-    """`hookstream status --json`'s report, read by the same functions (`hookstream.status.collect`
-    with connections the caller keeps open): each source on its own, a failure only in `errors`."""
-    report = status.empty_report(settings)
-    try:
-        status.read_redis(redis, settings, report)
-    except RedisError as exc:
-        report["errors"].append(f"redis: {first_line(exc)}")
-    if conn is None:
-        report["errors"].append(f"postgres: {pg_error or 'unavailable'}")
-        return report
-    try:
-        status.read_postgres(conn, report)
-    except psycopg.Error as exc:
-        report["errors"].append(f"postgres: {first_line(exc)}")
-    return report
 
 
 def minute_series(rows: Iterable[Row], start: datetime, minutes: int = FLOW_MINUTES) -> dict[str, Any]:
@@ -121,7 +93,7 @@ def minute_series(rows: Iterable[Row], start: datetime, minutes: int = FLOW_MINU
 
 
 def flow(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None) -> dict[str, Any]:
-    report = status_report(settings, redis, conn, pg_error)
+    report = reports.status(settings, redis, conn, pg_error)
     out: dict[str, Any] = {"status": report, "per_minute": None, "dead_letters": None, "errors": list(report["errors"])}
     if conn is None or any(e.startswith("postgres:") for e in report["errors"]):
         return out
@@ -130,13 +102,14 @@ def flow(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | No
             window = cur.execute(WINDOW_SQL, (FLOW_MINUTES - 1,)).fetchone()
             assert window is not None
             rows = cur.execute(FLOW_SQL, {"start": window["start"]}).fetchall()
-            newest = cur.execute(NEWEST_DEAD_SQL, (DEAD_LETTERS_SHOWN,)).fetchall()
+        newest = reports.dead_letter_list(conn, DEAD_LETTERS_SHOWN)
     except psycopg.Error as exc:
         out["errors"].append(f"postgres: {first_line(exc)}")
         return out
     out["per_minute"] = minute_series(rows, window["start"])
     out["dead_letters"] = {"count": report["dead_letters"],
-                           "newest": [{**r, "last_seen": r["last_seen"].isoformat()} for r in newest]}
+                           "newest": [{**{k: r[k] for k in NEWEST_DEAD_KEYS}, "last_seen": r["last_seen"].isoformat()}
+                                      for r in newest]}
     return out
 
 
@@ -160,10 +133,10 @@ def shape_deliverability(rows: list[Row], today: date, days: int = DAYS) -> dict
     (provider, sender), and per provider and day for the chart. Rates as `hookstream stats`. Pure."""
     labels = day_range(today, days)
     index = {d: i for i, d in enumerate(labels)}
-    counts = [*stats.COUNTS]
+    counts = [*reports.COUNTS]
     providers: list[Row] = [
         {k: v for k, v in r.items() if k not in ("sender", "day")}
-        for r in stats.with_totals(rows) if r["day"] is None]
+        for r in reports.with_totals(rows) if r["day"] is None]
     senders: dict[tuple[str, str], Row] = {}
     daily: dict[str, dict[str, list[int]]] = {}
     for row in rows:
@@ -177,7 +150,7 @@ def shape_deliverability(rows: list[Row], today: date, days: int = DAYS) -> dict
         if i is not None:
             for k in FINAL:
                 per[k][i] += int(row[k])
-    by_sender = [{**s, "delivery_rate": stats.delivery_rate(s)} for s in senders.values()]
+    by_sender = [{**s, "delivery_rate": reports.delivery_rate(s)} for s in senders.values()]
     by_sender.sort(key=lambda s: (s["provider"], -s["total"], s["sender"]))
     return {"days": [d.isoformat() for d in labels], "by_provider": providers, "by_sender": by_sender,
             "daily": [{"provider": p, **series} for p, series in sorted(daily.items())],
@@ -187,8 +160,7 @@ def shape_deliverability(rows: list[Row], today: date, days: int = DAYS) -> dict
 def deliverability(conn: Conn, days: int = DAYS) -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
         today = cur.execute(TODAY_SQL).fetchone()["today"]  # type: ignore[index]
-        rows = cur.execute(stats.QUERY, {"days": days, "provider": None}).fetchall()
-    return shape_deliverability(rows, today, days)
+    return shape_deliverability(reports.deliverability(conn, days), today, days)
 
 
 # -- Consent --------------------------------------------------------------------------------------
@@ -230,15 +202,12 @@ def consent(conn: Conn, days: int = DAYS) -> dict[str, Any]:
 
 
 def dead_letter_list(conn: Conn, limit: int = 100) -> list[Row]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(DEAD_LETTER_LIST_SQL, (limit,)).fetchall()
+    return reports.dead_letter_list(conn, limit)
 
 
 def dead_letter(conn: Conn, letter_id: int) -> Row | None:
-    from hookstream.dead_letters import render_bytes
-
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(DEAD_LETTER_SQL, (letter_id,)).fetchone()
+    """One dead letter, its query and body as the CLI's `show` prints them: text escaped, or hex."""
+    row = reports.dead_letter(conn, letter_id)
     if row is None:
         return None
     for name in ("query", "body"):

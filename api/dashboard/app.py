@@ -35,12 +35,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import ApiTokens, bearer
-from dashboard import data
-from dashboard.cache import TTLCache
-from dashboard.review import Decider, Refused, api_decider
-from dashboard.session import (COOKIE, CSRF_FIELD, CSRF_HEADER, SECRET_ENV, Session, Signer, cookie_secure, csrf_ok,
-                               same_origin)
-from hookstream.terminal import visible
+from api.dashboard import data
+from api.dashboard.cache import TTLCache
+from api.dashboard.review import Decider, api_decider
+from api.dashboard.session import (COOKIE, CSRF_FIELD, CSRF_HEADER, SECRET_ENV, Session, Signer, cookie_secure,
+                                   csrf_ok, same_origin)
+from api.errors import ApiError, error_response
+from shared.display import visible
+from shared.examples import example_curl
+from shared.reports import first_line
 from shared.settings import Settings
 
 log = logging.getLogger("hookstream.dashboard")
@@ -165,14 +168,14 @@ class Dashboard:
             with self.pool().connection() as conn:
                 return data.flow(self.settings, redis, conn)
         except (PoolTimeout, psycopg.OperationalError) as exc:
-            return data.flow(self.settings, redis, None, data.first_line(exc))
+            return data.flow(self.settings, redis, None, first_line(exc))
 
     def _postgres_section(self, read: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
         try:
             with self.pool().connection() as conn:
                 return {**read(conn), "errors": []}
         except (PoolTimeout, psycopg.Error) as exc:
-            return {"errors": [f"postgres: {data.first_line(exc)}"]}
+            return {"errors": [f"postgres: {first_line(exc)}"]}
 
     def compute(self, section: str) -> dict[str, Any]:
         if section == "flow":
@@ -202,8 +205,6 @@ class Dashboard:
         return Response(body, status_code=status_code, media_type="text/html; charset=utf-8")
 
     def context(self, name: str, section: dict[str, Any], session: Session | None) -> dict[str, Any]:
-        from hookstream.run import example_curl
-
         extra: dict[str, Any] = {}
         if name == "flow":
             extra = {"no_traffic": section["per_minute"] is not None and data.no_traffic(section),
@@ -295,9 +296,9 @@ class Dashboard:
         event_id, decision = form.get("event_id", ""), form.get("decision", "")
         try:
             made = await self.decide(event_id, decision, label, request.scope.get("state", {}).get("pool"))
-        except Refused as exc:
+        except ApiError as exc:  # the API's own refusal, answered as the API answers it
             if wants_json:
-                return self.json({"error": exc.code, "detail": exc.message, **exc.extra}, exc.status)
+                return error_response(exc.status, exc.code, exc.detail, **exc.extra)
             return RedirectResponse(f"/?notice={exc.code}#consent", 303)
         finally:
             self.cache.drop("consent")
@@ -322,7 +323,7 @@ class Dashboard:
         try:
             found = await run_in_threadpool(read)
         except (PoolTimeout, psycopg.Error) as exc:
-            return self.html("dead_letters.html", 503, error=f"postgres: {data.first_line(exc)}", csrf=_csrf(auth))
+            return self.html("dead_letters.html", 503, error=f"postgres: {first_line(exc)}", csrf=_csrf(auth))
         status_code = 404 if raw_id and found.get("letter") is None else 200
         return self.html("dead_letters.html", status_code, asked=raw_id, csrf=_csrf(auth), **found)
 

@@ -1,6 +1,6 @@
 """Bulk consent check: 100,000 subjects in one call, beside the same lookups one query per subject.
 
-    python -m api.bench [--subjects 100000] [--people 300000] [--per-subject 100000] [--database-url URL]
+    python -m bench.consent [--subjects 100000] [--people 300000] [--per-subject 100000] [--database-url URL]
 
 Without --database-url it starts a throw-away PostgreSQL (as the tests do); with one, it EMPTIES
 consent and consent_changes there first. Figures (JSON on stdout, seconds):

@@ -1,0 +1,42 @@
+"""The API process's own settings, read from its variables (the shared Settings object is not the
+API's to extend): HOOKSTREAM_API_TOKENS (required), HOOKSTREAM_API_HOST (0.0.0.0),
+HOOKSTREAM_API_PORT (8080), HOOKSTREAM_API_PG_POOL_SIZE (4). The `hookstream api` command
+(hookstream/api.py) reads them with `ApiConfig.from_env`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from api.auth import ApiTokens
+from shared.errors import ConfigError
+
+DEFAULT_PORT = 8080
+DEFAULT_POOL_SIZE = 4
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"{name}={raw!r} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    tokens: ApiTokens
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    pool_size: int = DEFAULT_POOL_SIZE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ApiConfig:
+        return cls(
+            tokens=ApiTokens.from_env(env),
+            host=env.get("HOOKSTREAM_API_HOST", "").strip() or "0.0.0.0",
+            port=_int(env, "HOOKSTREAM_API_PORT", DEFAULT_PORT, 1, 65535),
+            pool_size=_int(env, "HOOKSTREAM_API_PG_POOL_SIZE", DEFAULT_POOL_SIZE, 1, 100),
+        )

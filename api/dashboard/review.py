@@ -1,0 +1,42 @@
+"""Deciding a review item from the page: the API's own code path (`api.review`, the checks and the
+refusals behind `POST /v1/consent/review/{event_id}`), so the decision, the consent change and its
+audit row (`consent_changes.decided_by` = the label of the token that logged in) are exactly the API's,
+and so is every refusal (an `ApiError`: status, code, detail).
+
+`Decider` is the seam: the dashboard calls `decide(event_id, decision, label, pool)`; tests can hand
+`Dashboard(decide=...)` another function with the same meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import psycopg
+
+from api import review
+
+Decider = Callable[[str, str, str, Any], Awaitable[dict[str, Any]]]
+
+
+def check_input(event_id: str, decision: str) -> None:
+    """The API's input rules, for a form's two fields."""
+    review.check_decision(decision)
+    review.check_event_id(event_id)
+
+
+def api_decider(database_url: str) -> Decider:
+    """Decide through `api.review.decide` on the API's pool when mounted in the API app (`pool` from
+    its lifespan state), otherwise on a connection of its own."""
+
+    async def decide(event_id: str, decision: str, label: str, pool: Any) -> dict[str, Any]:
+        check_input(event_id, decision)
+        if pool is not None:
+            async with pool.connection(timeout=5.0) as conn:
+                made = await review.decide(conn, event_id, decision, label)
+        else:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True,
+                                                             connect_timeout=5) as conn:
+                made = await review.decide(conn, event_id, decision, label)
+        return made.as_json()
+
+    return decide

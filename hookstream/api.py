@@ -1,0 +1,44 @@
+"""`hookstream api [--host H] [--port P]`: the consent API with the dashboard at `/`, one process.
+
+Its variables (HOOKSTREAM_API_TOKENS, required; HOOKSTREAM_API_HOST, HOOKSTREAM_API_PORT,
+HOOKSTREAM_API_PG_POOL_SIZE) are the API's own: `api.config.ApiConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from api.app import create_app
+from api.auth import ENV as TOKENS_ENV
+from api.config import ApiConfig
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    try:
+        config = ApiConfig.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"hookstream api: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not config.tokens:
+        print(f"hookstream api: {TOKENS_ENV} is not set: give at least one token (label:secret, comma-separated)",
+              file=sys.stderr)
+        return 2
+    app = create_app(settings, config.tokens, pool_size=config.pool_size)
+    # Access log off: paths carry phone numbers. Proxy headers off, as for the ingress.
+    uvicorn.run(app, host=args.host or config.host, port=args.port or config.port, loop="uvloop", http="httptools",
+                proxy_headers=False, access_log=False, server_header=False, log_config=None,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("api", help="serve the consent API (needs Postgres; HOOKSTREAM_API_TOKENS)")
+    p.add_argument("--host", default=None, help="listen address (HOOKSTREAM_API_HOST, default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=None, help="port (HOOKSTREAM_API_PORT, default 8080)")
+    p.set_defaults(handler=cmd_api)
