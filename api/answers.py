@@ -1,7 +1,7 @@
-"""Consent rows → the answer for a subject: pure, and built on the workers' own rule.
+"""Consent rows → the answer for a subject: pure, and built on the rule the workers apply.
 
 The state of (subject, scope) is its own row against the subject's `*` row: the later event
-wins, an opt-out wins a tie (`workers.rules.effective`). `winner` picks the deciding row with
+wins, an opt-out wins a tie (`shared.consent.effective`). `winner` picks the deciding row with
 the same key, so the answer can also say which event decided it.
 """
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
+from shared.consent import OPTED_OUT, UNKNOWN
 from shared.events import GLOBAL_SCOPE
-from workers.publisher import iso
-from workers.rules import OPTED_OUT, UNKNOWN
+from shared.feed import iso
 
 ROW_SQL_COLUMNS = "scope, state, changed_at, confirmed_at, keyword, provider, event_key"
 

@@ -31,8 +31,8 @@ from api.dashboard.app import SecureHeaders
 from api.errors import ApiError, JSONResponse, error_response, invalid
 from api.openapi import FIXED, document
 from api.subjects import Classifier, InvalidSubject, scope_forms
+from shared.feed import Position, iso
 from shared.settings import Settings
-from workers.publisher import Position, iso
 
 log = logging.getLogger("hookstream.api")
 

@@ -10,7 +10,7 @@ import base64
 import binascii
 import re
 
-from workers.publisher import Position
+from shared.feed import Position
 
 PREFIX = "c1."
 _INSIDE = re.compile(r"(\d{1,20})\.(\d{1,20})")

@@ -13,9 +13,10 @@ from typing import Any, Sequence
 import psycopg
 
 from api.answers import ROW_SQL_COLUMNS, Row
-from shared.events import Event, Kind, Outcome
-from workers import consent
-from workers.publisher import FEED_SQL, Change, Position, iso
+from shared import consent
+from shared.consent import Signal
+from shared.events import Outcome
+from shared.feed import FEED_SQL, Change, Position, iso
 
 INVALID = "invalid"  # bulk-check state of an id that is neither a number nor known: becomes a 422
 
@@ -29,7 +30,7 @@ _KNOWN = (
 _INPUT = "unnest(%b::text[], %b::bool[]) WITH ORDINALITY AS i(subject, phone, ord)"
 
 # With a scope: the winning row among the scope's rows (both notations) and the `*` row — the
-# later confirmed_at, an opt-out on a tie: `workers.rules.effective`, as one DISTINCT ON.
+# later confirmed_at, an opt-out on a tie: `shared.consent.effective`, as one DISTINCT ON.
 CHECK_SCOPE_SQL = (
     "SELECT DISTINCT ON (i.ord) CASE WHEN c.state IS NOT NULL THEN c.state " + _KNOWN + " END"
     f" FROM {_INPUT} LEFT JOIN consent c ON c.subject = i.subject AND c.scope = ANY(%b::text[])"
@@ -54,7 +55,7 @@ REVIEW_SQL = (
     " FROM consent_review WHERE id > %s ORDER BY id LIMIT %s"
 )
 EVENT_SQL = (
-    "SELECT provider, feed, phone, scope, keyword, keyword_outcome, occurred_at, received_at"
+    "SELECT provider, phone, scope, keyword, keyword_outcome, occurred_at, received_at"
     " FROM events WHERE dedupe_key = %s"
 )
 DECIDE_SQL = (
@@ -122,11 +123,6 @@ async def changes_page(conn: Conn, after: Position, limit: int) -> list[Change]:
 
 
 @dataclass(frozen=True, slots=True)
-class Received:
-    received_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class Decision:
     event_id: str
     subject: str | None
@@ -164,14 +160,14 @@ class CannotApply(ValueError):
 
 
 async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decision:
-    """Record a person's decision; an opt_out goes through the workers' consent rules, audited
+    """Record a person's decision; an opt_out goes through the consent rules the workers apply, audited
     with the token's label. One transaction: the decision and its change stand or fall together."""
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute(EVENT_SQL, (event_id,))
         found = await cur.fetchone()
-        if found is None or found[5] != Outcome.POSSIBLE_OPT_OUT:
+        if found is None or found[4] != Outcome.POSSIBLE_OPT_OUT:
             raise NotInQueue(event_id)
-        provider, feed, phone, scope, keyword, _, occurred_at, received_at = found
+        provider, phone, scope, keyword, _, occurred_at, received_at = found
         if decision == "opt_out" and not (phone and scope):
             raise CannotApply("the event names no subject or no scope to opt out of")
         await cur.execute(DECIDE_SQL, (event_id, decision, label))
@@ -184,9 +180,10 @@ async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decisi
             return Decision(event_id, phone, scope, decision, str(by), at, await _change(cur, change_id), True)
         change_id = None
         if decision == "opt_out":
-            event = Event(provider=provider, feed=feed, kind=Kind.INBOUND, dedupe_key=event_id, occurred_at=occurred_at,
-                          phone=phone, scope=scope, keyword=keyword, consent=Outcome.OPT_OUT)
-            applied = await consent.apply_async(cur, [(event, Received(received_at))], decided_by=label)
+            # The person's word stands in for the event's: an opt-out at the event's own time.
+            signal = Signal(event_id, phone, scope, Outcome.OPT_OUT, occurred_at or received_at, received_at, keyword,
+                            provider)
+            applied = await consent.apply_async(cur, [signal], decided_by=label)
             if applied:
                 change_id = applied[0]["id"]
                 await cur.execute(SET_CHANGE_SQL, (change_id, event_id))

@@ -40,6 +40,8 @@ import orjson
 from bench.payloads import records
 from bench.workers import machine
 from shared import keywords, phones, times
+from shared.consent import plan as consent_plan
+from shared.consent import subjects_of
 from shared.providers import cm, gatewayapi, mx2, smsmode
 from shared.record import RawRecord
 from shared.settings import Settings
@@ -92,12 +94,12 @@ def store_params(entries: list[Entry]) -> list[Any]:
     events = store._columns(rows, len(store.EVENT_COLUMNS))
     statuses = store._columns(store.status_winners(items), len(store.STATUS_COLUMNS))
     signals = consent.signals_of(items)
-    plan = consent.plan(signals, set(), []) if signals else None
+    plan = consent_plan(signals, set(), []) if signals else None
     archived = [store._archive_row(entry.record) for entry in entries if entry.record is not None]
     archive = store._columns(archived, len(store.ARCHIVE_COLUMNS))
     dead = store._columns([store._dead_row(entry) for entry in entries if entry.dead_reason is not None],
                           len(store.DEAD_COLUMNS))
-    return [events, statuses, consent.subjects_of(signals), plan and (plan.upsert, plan.changes), archive, dead]
+    return [events, statuses, subjects_of(signals), plan and (plan.upsert, plan.changes), archive, dead]
 
 
 def batches(items: list[Any]) -> list[list[Any]]:

@@ -1,8 +1,8 @@
-"""Pure state rules: the monotonic delivery status and consent transitions.
+"""Pure state rule: the monotonic delivery status (the consent rules are `shared.consent`'s).
 
-Both are written so that applying the same event twice, or events in any order, leaves the
-same answer; the SQL in `store.py` repeats the status rule in its ON CONFLICT clause so it
-also holds between concurrent workers.
+Written so that applying the same event twice, or events in any order, leaves the same answer;
+the SQL in `store.py` repeats the rule in its ON CONFLICT clause so it also holds between
+concurrent workers.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.events import GLOBAL_SCOPE, Outcome, Status
+from shared.events import Status
 
 # queued < sent < a terminal state; unknown never overwrites anything.
 STATUS_RANK: dict[Status, int] = {
@@ -37,45 +37,3 @@ def supersedes(new: StatusPoint, old: StatusPoint) -> bool:
         return new.rank > old.rank
     return (new.order_at, new.received_at) > (old.order_at, old.received_at)
 
-
-OPTED_IN = "opted_in"
-OPTED_OUT = "opted_out"
-UNKNOWN = "unknown"
-
-OUTCOME_STATE = {Outcome.OPT_OUT: OPTED_OUT, Outcome.OPT_OUT_ALL: OPTED_OUT, Outcome.OPT_IN: OPTED_IN}
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentRow:
-    """The stored state of one (subject, scope): `confirmed_at` is the latest event that asserted it."""
-
-    state: str
-    confirmed_at: datetime
-    changed_at: datetime
-
-
-def scope_of(outcome: Outcome, scope: str) -> str:
-    return GLOBAL_SCOPE if outcome is Outcome.OPT_OUT_ALL else scope
-
-
-def apply_to_row(row: ConsentRow | None, state: str, at: datetime) -> ConsentRow | None:
-    """The row after one event, or None when the event is older than what the row knows.
-
-    The latest event by provider time wins; at equal times an opt-out wins.
-    """
-    if row is None:
-        return ConsentRow(state, at, at)
-    if row.state == state:
-        return ConsentRow(state, max(row.confirmed_at, at), row.changed_at) if at > row.confirmed_at else row
-    if at > row.confirmed_at or (at == row.confirmed_at and state == OPTED_OUT):
-        return ConsentRow(state, at, at)
-    return None
-
-
-def effective(own: ConsentRow | None, everywhere: ConsentRow | None) -> str:
-    """The answer for one scope: its own row against the subject's '*' row, later wins, ties opt out."""
-    rows = [row for row in (own, everywhere) if row is not None]
-    if not rows:
-        return UNKNOWN
-    latest = max(rows, key=lambda r: (r.confirmed_at, r.state == OPTED_OUT))
-    return latest.state

@@ -11,12 +11,13 @@ import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from shared.feed import Position
 from shared.settings import Settings
 from tests.api.feedutil import insert_change
 from tests.workers.conftest import Drain
 from tests.workers.test_pipeline import cm_mo, post
 from workers import publisher
-from workers.publisher import Position, cursor_key, publish_pending, stream_key
+from workers.publisher import cursor_key, publish_pending, stream_key
 
 pytestmark = pytest.mark.integration
 FIELDS = {"v", "change_id", "event_id", "subject", "scope", "old_state", "new_state", "outcome", "keyword", "provider",

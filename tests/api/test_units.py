@@ -17,10 +17,10 @@ from api.config import ApiConfig
 from api.subjects import InvalidSubject, classify, scope_forms
 from hookstream.api import cmd_api, register
 from shared import fastphone, phones
+from shared.consent import OPTED_IN, OPTED_OUT, ConsentRow, effective
 from shared.errors import ConfigError
+from shared.feed import Position
 from shared.phones import normalize_phone
-from workers.publisher import Position
-from workers.rules import OPTED_IN, OPTED_OUT, ConsentRow, effective
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -79,7 +79,7 @@ def row(scope: str, state: str, minutes: int) -> Row:
 
 
 def test_the_deciding_row_follows_the_workers_rule() -> None:
-    """winner() names the row whose state `workers.rules.effective` answers, for every combination."""
+    """winner() names the row whose state `shared.consent.effective` answers, for every combination."""
     options = [None] + [(state, m) for state in (OPTED_IN, OPTED_OUT) for m in (0, 1, 2)]
     for own, star in itertools.product(options, repeat=2):
         own_row = row("3669", *own) if own else None

@@ -7,10 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from shared.consent import OPTED_IN, OPTED_OUT, ConsentRow, apply_to_row, effective
 from shared.events import Status
-from workers.rules import (
-    OPTED_IN, OPTED_OUT, STATUS_RANK, ConsentRow, StatusPoint, apply_to_row, effective, supersedes,
-)
+from workers.rules import STATUS_RANK, StatusPoint, supersedes
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
