@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -71,7 +69,7 @@ def payload_set(name: str, count: int, skip: int = 0) -> list[HttpRequest]:
     return http_requests(count, None if name == "mixed" else name, skip=skip)
 
 
-# --- processes -------------------------------------------------------------------------------------
+# --- processes (started with `hookstream`, stopped with hookstream.run.stop_children) --------------
 
 
 def wait_http(port: int, path: str = "/healthz", timeout_s: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> None:
@@ -88,33 +86,8 @@ def wait_http(port: int, path: str = "/healthz", timeout_s: float = 30.0, proc: 
     raise RuntimeError(f"nothing answered on port {port}{path} after {timeout_s}s")
 
 
-def wait_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
-
-
 def hookstream(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "hookstream.cli", *args], env=env, cwd=ROOT)
-
-
-def stop(procs: Iterable[subprocess.Popen[Any] | None], timeout_s: float = 20.0) -> None:
-    """SIGTERM each of our processes, then SIGKILL what is still there after `timeout_s`."""
-    alive = [p for p in procs if p is not None and p.poll() is None]
-    for proc in alive:
-        proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for proc in alive:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def bench_env(redis_url: str, database_url: str | None = None, **extra: str) -> dict[str, str]:

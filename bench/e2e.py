@@ -37,11 +37,12 @@ import orjson
 import psycopg
 from redis import Redis
 
-from bench.common import (ROOT, bench_env, emit, hookstream, latency_summary_ms, load_average, stderr_log, stop,
+from bench.common import (ROOT, bench_env, emit, hookstream, latency_summary_ms, load_average, stderr_log,
                           postmaster_pid, tree_cpu_s, wait_http)
 from bench.workers import machine, remaining
 from hookstream.embedded import PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
+from hookstream.run import stop_children
 from shared.settings import Settings
 from workers.dispatch import Dispatcher
 
@@ -174,7 +175,7 @@ def run(*, rate: float = 1000.0, duration: float = 60.0, warmup: float = 5.0, wo
             f" HTTP p99 {http['latency']['p99_ms']} ms, sustained: {result['sustained']}")
         return result
     finally:
-        stop(procs)
+        stop_children(procs)
         redis_server.stop()
         shutil.rmtree(redis_server.data_dir, ignore_errors=True)
         postgres.remove()

@@ -37,9 +37,10 @@ from redis import Redis
 
 from bench import wrk
 from bench.common import (PAYLOAD_SETS, ROOT, CpuMeter, bench_env, hookstream, load_average, payload_set, ratio,
-                          stop, wait_http)
+                          wait_http)
 from bench.workers import machine
 from hookstream.embedded import PostgresServer, RedisServer, free_port
+from hookstream.run import stop_children
 from shared.settings import Settings
 
 TARGETS = {"ceiling": 0.8, "p99": 1.5, "naive": 4.0}
@@ -75,7 +76,7 @@ class Servers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stop(self.procs.values())
+        stop_children(self.procs.values())
         self.redis_server.stop()
         shutil.rmtree(self.redis_server.data_dir, ignore_errors=True)  # its AOF grows to hundreds of MB
         self.postgres.remove()

@@ -41,9 +41,10 @@ import orjson
 from redis import Redis
 
 from bench import wrk
-from bench.common import ROOT, CpuMeter, bench_env, emit, hookstream, payload_set, stderr_log, stop, wait_http
+from bench.common import ROOT, CpuMeter, bench_env, emit, hookstream, payload_set, stderr_log, wait_http
 from bench.workers import machine
 from hookstream.embedded import RedisServer, free_port
+from hookstream.run import stop_children
 
 PREAMBLES = {
     "hookstream": "",
@@ -295,7 +296,7 @@ def run(*, duration: float = 8.0, ladder_duration: float = 5.0, rounds: int = 2,
                     "p99_9_ms": result["latency"]["p99_9_ms"], "requests": result["ok"]})
                 log(f"profile experiment {name} round {round_ + 1}: {result['rps']:,.0f} req/s, "
                     f"p99 {result['latency']['p99_ms']:.1f} ms")
-        stop([procs.pop(name + "#exp") for name in PREAMBLES])
+        stop_children([procs.pop(name + "#exp") for name in PREAMBLES])
         summary = {name: _summarize(runs) for name, runs in experiments.items()}
         summary["gc_of_plain_ingress"] = _gc_summary(gc_file, experiments["hookstream"], warm_up_requests)
         gc_file.unlink(missing_ok=True)
@@ -314,7 +315,7 @@ def run(*, duration: float = 8.0, ladder_duration: float = 5.0, rounds: int = 2,
         return {"machine": machine(), "ladder": ladder, "experiments": summary, "profiles": profiles,
                 "micro_us": micro_timings()}
     finally:
-        stop(procs.values())
+        stop_children(procs.values())
         redis_server.stop()
         shutil.rmtree(redis_server.data_dir, ignore_errors=True)
 

@@ -32,10 +32,11 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from rq import Worker
 
-from bench.common import bench_env, emit, hookstream, load_average, ratio, stderr_log, stop
+from bench.common import bench_env, emit, hookstream, load_average, ratio, stderr_log
 from bench.workers import fill, machine, reset, run_pipeline
 from hookstream.embedded import PostgresServer, RedisServer
 from hookstream.migrate import migrate
+from hookstream.run import stop_children
 from shared.settings import Settings
 from workers.context import WorkerContext
 from workers.replay import Selection, replay
@@ -97,7 +98,7 @@ def run(*, records: int = 100_000, workers: int = 2, log: Callable[[str], None] 
             "target_events_per_s": TARGET_EVENTS_PER_S,
         }
     finally:
-        stop(procs)
+        stop_children(procs)
         redis_server.stop()
         shutil.rmtree(redis_server.data_dir, ignore_errors=True)
         postgres.remove()
