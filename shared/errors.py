@@ -19,3 +19,8 @@ class StoreUnavailable(HookstreamError):
 
 class ConfigError(HookstreamError):
     """An environment variable holds a value that cannot be used; the message names it."""
+
+
+class DatabaseUnavailable(HookstreamError):
+    """Postgres stayed unreachable for a job's whole retry budget. Its entries stay pending and are
+    delivered again later; such a delivery never counts toward giving up on a record."""

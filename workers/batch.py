@@ -17,6 +17,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from redis import Redis
 
+from shared.errors import DatabaseUnavailable
 from shared.record import RawRecord
 from shared.settings import Settings
 from shared.streamids import id_to_tuple
@@ -59,11 +60,6 @@ def _merge(a: WriteResult, b: WriteResult) -> WriteResult:
         consent_changes=a.consent_changes + b.consent_changes, dead_letters=a.dead_letters + b.dead_letters,
         changes=a.changes + b.changes, parked=a.parked + b.parked,
     )
-
-
-class DatabaseUnavailable(RuntimeError):
-    """Postgres stayed unreachable for the whole retry budget: the job fails and its entries are
-    reclaimed later; the dispatcher never counts such a delivery toward giving up on a record."""
 
 
 # SQLSTATE classes of the server's own trouble, never of one record: connection exceptions (08),

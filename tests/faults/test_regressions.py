@@ -35,11 +35,11 @@ from rq.serializers import JSONSerializer
 
 from hookstream.embedded import free_port
 from ingress.auth import check_gatewayapi_hmac, check_gatewayapi_jwt, strip_token
-from shared.errors import InvalidSignature
+from shared.errors import DatabaseUnavailable, InvalidSignature
 from shared.record import RawRecord
 from shared.settings import Secret, Settings
 from tests.faults.harness import Servers, no_other_threads
-from workers.batch import DatabaseUnavailable, write_with_retry
+from workers.batch import write_with_retry
 from workers.context import normalize_context
 from workers.dispatch import DEAD_LETTER_JOB, PROCESS_JOB, Dispatcher
 from workers.normalize import normalize_entry
