@@ -3,8 +3,10 @@
 Jobs carry stream ids, never bodies. Reading pauses while K batches are queued or running, so
 a backlog waits in the stream rather than in RQ. Entries whose job is gone, failed, or finished
 without acknowledging are reclaimed after the visibility timeout; after too many deliveries
-they become dead letters. Several dispatchers may run: consumer names are unique, and a claim
-is atomic, so no entry is handed out twice at once.
+they become dead letters (`plan_reclaim` decides, from data the I/O around it gathered).
+Several dispatchers may run: consumer names are unique, and a claim is atomic, so no entry is
+handed out twice at once. The chores between reads (trimming, the consent feed, the archive)
+are workers.upkeep's.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from enum import Enum
+from typing import Mapping, Sequence
 
-import psycopg
 from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,21 +32,18 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from shared.settings import Settings
-from workers import archive, publisher
+from workers.jobs import failed_for_outage
 from workers.metrics import DispatchMetrics
+from workers.upkeep import Upkeep
 
 log = logging.getLogger("hookstream.dispatch")
 
 PROCESS_JOB = "workers.jobs.process_batch"
 DEAD_LETTER_JOB = "workers.jobs.dead_letter_batch"
 RECLAIM_SCAN = 1000
-TRIM_EVERY_S = 60.0
-ARCHIVE_EVERY_S = 3600.0
-PUBLISH_EVERY_S = 1.0
 # A started job older than its timeout plus this cannot still be running: SimpleWorker's death
 # penalty stops it at the timeout, so its worker died (SIGKILL, OOM, lost host).
 STARTED_GRACE_S = 5
-DONE_STATUSES = {JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
 def consumer_name() -> str:
@@ -56,13 +56,88 @@ def batch_job_id(ids: list[str], attempt: int = 1) -> str:
     return f"batch-{ids[0]}-{digest}-{attempt}"
 
 
-def id_to_tuple(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def make_queue(name: str, redis: Redis) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer)
+
+
+# -- the reclaim decision: pure ---------------------------------------------------------------------
+
+
+class JobState(Enum):
+    """Where the job holding an entry stands, as far as its entries are concerned."""
+
+    QUEUED = "queued"  # waiting in the queue (or in a state before it)
+    STARTED = "started"  # a live worker runs it
+    FAILED = "failed"  # failed for its records' sake, or was stopped or canceled
+    OUTAGE = "failed-for-outage"  # failed because Postgres stayed down (workers.jobs marks it)
+    FINISHED = "finished"  # done, yet its entries are still pending: it did not acknowledge them
+    GONE = "gone"  # no job: expired, deleted, never enqueued, or its worker died
+
+    @property
+    def over(self) -> bool:
+        """Nothing will acknowledge the job's entries any more: they may be claimed."""
+        return self not in (JobState.QUEUED, JobState.STARTED)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    stream_id: str
+    deliveries: int  # counting the delivery this claim starts
+    job_id: str | None  # the job the entry was in, None if it never was in one
+
+
+@dataclass(frozen=True)
+class ReclaimPlan:
+    retry: list[Claimed]
+    give_up: list[Claimed]  # to the dead letters
+
+
+def state_of(job_id: str | None, states: Mapping[str, JobState]) -> JobState:
+    """An entry that was never in a job, or whose job `states` lacks, has no job: gone."""
+    return states.get(job_id, JobState.GONE) if job_id else JobState.GONE
+
+
+def plan_reclaim(claimed: Sequence[Claimed], states: Mapping[str, JobState], max_deliveries: int) -> ReclaimPlan:
+    """Claimed entries go to a new job, or to the dead letters once past `max_deliveries`.
+
+    A delivery whose job failed because Postgres was down says nothing about the record: an
+    outage longer than max_deliveries reclaims must not turn healthy records into dead letters,
+    so an entry whose job failed for an outage is always retried. An entry whose job is not
+    over is not ours to decide and is left out.
+    """
+    retry: list[Claimed] = []
+    give_up: list[Claimed] = []
+    for entry in claimed:
+        state = state_of(entry.job_id, states)
+        if not state.over:
+            continue
+        spent = entry.deliveries > max_deliveries and state is not JobState.OUTAGE
+        (give_up if spent else retry).append(entry)
+    return ReclaimPlan(retry, give_up)
+
+
+def job_state(job: Job | None, *, now: float, run_limit_s: float, taken: set[str]) -> JobState:
+    """The state of a fetched job (no round trip). `run_limit_s`: how long a started job may have
+    been running before its worker must have died; `taken`: ids of queued-status jobs that are
+    neither waiting in the queue nor running."""
+    if job is None:
+        return JobState.GONE
+    status = job.get_status(refresh=False)
+    if status == JobStatus.FAILED:
+        return JobState.OUTAGE if failed_for_outage(job) else JobState.FAILED
+    if status in (JobStatus.STOPPED, JobStatus.CANCELED):
+        return JobState.FAILED
+    if status == JobStatus.FINISHED:
+        return JobState.FINISHED
+    if status == JobStatus.STARTED:
+        if job.started_at is not None and now - job.started_at.timestamp() > run_limit_s:
+            return JobState.GONE
+        return JobState.STARTED
+    # A worker that died between taking the job off the queue and starting it leaves its status
+    # "queued" for good: no longer queued, not running, so gone.
+    if status == JobStatus.QUEUED and job.id in taken:
+        return JobState.GONE
+    return JobState.QUEUED
 
 
 class Dispatcher:
@@ -73,11 +148,6 @@ class Dispatcher:
         self.metrics = metrics or DispatchMetrics(CollectorRegistry())
         self.name = name or consumer_name()
         self.queue = make_queue(settings.queue, redis)
-        self._last_reclaim = float("-inf")  # due at once: monotonic time may start near 0
-        self._last_trim = float("-inf")
-        self._last_archive = float("-inf")
-        self._last_publish = float("-inf")
-        self._database: psycopg.Connection[Any] | None = None
 
     # -- group -------------------------------------------------------------------------------
 
@@ -143,21 +213,7 @@ class Dispatcher:
         self.metrics.batches.inc()
         return job
 
-    # -- reclaiming --------------------------------------------------------------------------
-
-    def _job_is_done(self, job: Job | None, taken: set[str] | None = None) -> bool:
-        """`taken`: ids of queued-status jobs that are neither waiting in the queue nor running."""
-        if job is None:
-            return True
-        status = job.get_status(refresh=False)
-        if status in DONE_STATUSES:
-            return True
-        if status == JobStatus.STARTED and job.started_at is not None:
-            age = time.time() - job.started_at.timestamp()
-            return age > self.settings.job_timeout_s + STARTED_GRACE_S
-        # A worker that died between taking the job off the queue and starting it leaves its
-        # status "queued" for good: no longer queued, not running, so over.
-        return status == JobStatus.QUEUED and taken is not None and job.id in taken
+    # -- reclaiming: the I/O around plan_reclaim ---------------------------------------------------
 
     def _taken_and_abandoned(self, queued: list[str]) -> set[str]:
         """Of these queued-status jobs, those not in the queue and without a live started entry."""
@@ -170,13 +226,12 @@ class Dispatcher:
         alive = {j.decode() for j in waiting} | {e.decode().rsplit(":", 1)[0] for e in running}
         return {job_id for job_id in queued if job_id not in alive}
 
-    @staticmethod
-    def _failed_for_outage(job: Job | None) -> bool:
-        """The job failed with DatabaseUnavailable (workers.batch): Postgres was down, not the records' fault."""
-        if job is None or job.get_status(refresh=False) != JobStatus.FAILED:
-            return False
-        result = job.latest_result()
-        return result is not None and "DatabaseUnavailable" in (result.exc_string or "")
+    def job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        jobs = dict(zip(job_ids, Job.fetch_many(job_ids, connection=self.redis, serializer=JSONSerializer)))
+        taken = self._taken_and_abandoned([job_id for job_id, job in jobs.items()
+                                           if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED])
+        now, run_limit_s = time.time(), self.settings.job_timeout_s + STARTED_GRACE_S
+        return {job_id: job_state(job, now=now, run_limit_s=run_limit_s, taken=taken) for job_id, job in jobs.items()}
 
     def reclaim(self) -> int:
         """Hand idle entries whose job is over to a new job (or to the dead letters)."""
@@ -186,36 +241,25 @@ class Dispatcher:
         if not pending:
             return 0
         ids = [p["message_id"].decode() for p in pending]
-        job_ids = [j.decode() if j else None for j in self.redis.hmget(s.inflight_key, ids)]
-        unique = sorted({j for j in job_ids if j})
-        jobs = dict(zip(unique, Job.fetch_many(unique, connection=self.redis, serializer=JSONSerializer)))
-        taken = self._taken_and_abandoned([job_id for job_id, job in jobs.items()
-                                           if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED])
-        over = [sid for sid, job_id in zip(ids, job_ids)
-                if self._job_is_done(jobs.get(job_id) if job_id else None, taken)]
+        job_of = {sid: j.decode() if j else None for sid, j in zip(ids, self.redis.hmget(s.inflight_key, ids))}
+        states = self.job_states(sorted({j for j in job_of.values() if j}))
+        over = [sid for sid in ids if state_of(job_of[sid], states).over]
         if not over:
             return 0
         claimed = self.redis.xclaim(s.stream, s.group, self.name, min_idle_time=idle_ms, message_ids=over)
-        claimed_ids = [sid.decode() for sid, _ in claimed]
         deliveries = {p["message_id"].decode(): p["times_delivered"] + 1 for p in pending}
-        # A delivery that failed because Postgres was down says nothing about the record: an
-        # outage longer than max_deliveries reclaims must not turn healthy records into dead letters.
-        job_of = dict(zip(ids, job_ids))
-        suspects = {job_of[sid] for sid in claimed_ids if deliveries.get(sid, 1) > s.max_deliveries and job_of.get(sid)}
-        outage = {job_id for job_id in suspects if self._failed_for_outage(jobs.get(job_id))}
-        retry = [sid for sid in claimed_ids if deliveries.get(sid, 1) <= s.max_deliveries or job_of.get(sid) in outage]
-        give_up = [sid for sid in claimed_ids if deliveries.get(sid, 1) > s.max_deliveries
-                   and job_of.get(sid) not in outage]
-        for chunk in _chunks(retry, s.batch_size):
-            self.enqueue(chunk, attempt=max(deliveries.get(sid, 1) for sid in chunk))
-        for chunk in _chunks(give_up, s.batch_size):
+        plan = plan_reclaim([Claimed(sid, deliveries.get(sid, 1), job_of.get(sid))
+                             for sid in (sid.decode() for sid, _ in claimed)], states, s.max_deliveries)
+        for chunk in _chunks(plan.retry, s.batch_size):
+            self.enqueue([c.stream_id for c in chunk], attempt=max(c.deliveries for c in chunk))
+        for chunk in _chunks(plan.give_up, s.batch_size):
             reason = f"gave up after {s.max_deliveries} deliveries (jobs failed or their workers died)"
-            self.enqueue(chunk, attempt=max(deliveries.get(sid, 1) for sid in chunk), dead_reason=reason)
-        self.metrics.reclaimed.inc(len(retry))
-        self.metrics.dead_lettered.inc(len(give_up))
-        if claimed_ids:
-            log.warning("reclaimed %d entries, %d of them to the dead letters", len(claimed_ids), len(give_up))
-        return len(claimed_ids)
+            self.enqueue([c.stream_id for c in chunk], attempt=max(c.deliveries for c in chunk), dead_reason=reason)
+        self.metrics.reclaimed.inc(len(plan.retry))
+        self.metrics.dead_lettered.inc(len(plan.give_up))
+        if claimed:
+            log.warning("reclaimed %d entries, %d of them to the dead letters", len(claimed), len(plan.give_up))
+        return len(claimed)
 
     def observe_stream(self) -> None:
         """Stream length, group lag and pending entries for the gauges."""
@@ -229,64 +273,10 @@ class Dispatcher:
         oldest = self.redis.xpending_range(s.stream, s.group, min="-", max="+", count=1)
         m.oldest_pending_s.set(oldest[0]["time_since_delivered"] / 1000 if oldest else 0)
 
-    def publish(self) -> int:
-        """Committed consent changes to the outbound stream; Postgres trouble waits for the next round."""
-        try:
-            if self._database is None or self._database.closed:
-                self._database = psycopg.connect(self.settings.database_url_or_default(), autocommit=True,
-                                                 connect_timeout=5)
-            return publisher.publish_pending(self._database, self.redis, self.settings)
-        except ValueError as exc:  # a cursor key that is not ours: an operator must look
-            log.error("consent feed not published: %s", exc)
-            return 0
-        except psycopg.Error as exc:
-            log.warning("consent feed: postgres unavailable (%s), will retry", type(exc).__name__)
-            if self._database is not None:
-                self._database.close()
-            self._database = None
-            return 0
-
-    # -- trimming ----------------------------------------------------------------------------
-
-    def trim_cutoff(self, now_ms: int) -> str | None:
-        """The lowest id that must stay: the older of the retention edge and any unacknowledged entry."""
-        s = self.settings
-        groups = self.redis.xinfo_groups(s.stream)
-        if not groups:
-            return None
-        cutoff = (now_ms - s.stream_retention_s * 1000, 0)
-        for group in groups:
-            last = id_to_tuple(group["last-delivered-id"].decode())
-            cutoff = min(cutoff, (last[0], last[1] + 1))
-            if group["pending"]:
-                summary = self.redis.xpending(s.stream, group["name"])
-                cutoff = min(cutoff, id_to_tuple(summary["min"].decode()))
-        return f"{cutoff[0]}-{cutoff[1]}"
-
-    def trim(self) -> int:
-        cutoff = self.trim_cutoff(int(time.time() * 1000))
-        if cutoff is None:
-            return 0
-        return int(self.redis.xtrim(self.settings.stream, minid=cutoff, approximate=True))
-
     # -- the loop ----------------------------------------------------------------------------
 
     def step(self, first_block_ms: int = 1000) -> int:
-        """One round: maintenance when due, then at most one batch. Returns entries enqueued."""
-        now = time.monotonic()
-        if now - self._last_reclaim >= max(1.0, self.settings.visibility_timeout_s / 4):
-            self._last_reclaim = now
-            self.reclaim()
-            self.observe_stream()
-        if now - self._last_trim >= TRIM_EVERY_S:
-            self._last_trim = now
-            self.trim()
-        if now - self._last_publish >= PUBLISH_EVERY_S:
-            self._last_publish = now
-            self.publish()
-        if now - self._last_archive >= ARCHIVE_EVERY_S:
-            self._last_archive = now
-            archive.maintain_url(self.settings.database_url_or_default(), self.settings.archive_retention_s)
+        """At most one batch, unless enough are in flight. Returns entries enqueued."""
         if self.inflight() >= self.settings.max_inflight_batches:
             time.sleep(0.005)
             return 0
@@ -300,12 +290,13 @@ class Dispatcher:
         log.info("dispatching %s as %s", self.settings.stream, self.name)
         backoff = 0.1
         group_ready = False  # made inside the loop: Redis may be down when the dispatcher starts
-        try:
+        with Upkeep(self.settings, self.redis, reclaim=self.reclaim, observe=self.observe_stream) as upkeep:
             while not stop.is_set():
                 try:
                     if not group_ready:
                         self.ensure_group()
                         group_ready = True
+                    upkeep.run_due()
                     self.step()
                     backoff = 0.1
                 except ResponseError as exc:
@@ -317,10 +308,7 @@ class Dispatcher:
                     log.warning("redis unavailable (%s), retrying in %.1fs", type(exc).__name__, backoff)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
-        finally:
-            if self._database is not None:
-                self._database.close()
 
 
-def _chunks(items: list[str], size: int) -> list[list[str]]:
+def _chunks(items: list[Claimed], size: int) -> list[list[Claimed]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
