@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ParseError
+from shared.times import parse_duration
 
 PROVIDERS = ("cm", "smsmode", "mx2", "gatewayapi")
 
@@ -101,16 +102,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
 
 
 def _duration_s(env: Mapping[str, str], name: str, default: int) -> int:
-    """Seconds, or a number with a unit: 90s, 30m, 24h, 7d."""
-    raw = env.get(name, "").strip().lower()
+    """Seconds, or a number with a unit (the one grammar of shared.times): 3600, 90s, 30m, 24h, 7d, 1w."""
+    raw = env.get(name, "").strip()
     if not raw:
         return default
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (raw[:-1], units[raw[-1]]) if raw[-1] in units else (raw, 1)
     try:
-        return int(float(number) * unit)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a duration such as 3600, 90m, 24h or 7d") from None
+        return int(parse_duration(raw).total_seconds())
+    except ParseError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:

@@ -56,3 +56,15 @@ def test_secrets_never_show_in_reprs() -> None:
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("raw,seconds", [("3600", 3600), ("90s", 90), ("15m", 900), ("1.5h", 5400), ("7d", 604800),
+                                         ("1w", 604800), ("24H", 86400)])
+def test_duration_variables_take_the_one_grammar(raw: str, seconds: int) -> None:
+    assert Settings.from_env({"HOOKSTREAM_STREAM_RETENTION": raw}).stream_retention_s == seconds
+
+
+@pytest.mark.parametrize("raw", ["1 fortnight", "-5m", "h", "2h ago"])
+def test_a_duration_variable_that_is_none_names_itself(raw: str) -> None:
+    with pytest.raises(ConfigError, match="HOOKSTREAM_STREAM_RETENTION"):
+        Settings.from_env({"HOOKSTREAM_STREAM_RETENTION": raw})
