@@ -217,6 +217,11 @@ class Proc:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")  # the child writes to the file itself
 
+    def assert_alive(self) -> None:
+        """Fail at once, with the end of its log, if the process has exited."""
+        if not self.alive():
+            raise AssertionError(f"{self.name} exited with {self.popen.returncode}: {self.log_text()[-1500:]}")
+
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05) -> float:
     """Poll `predicate` until it holds (returns the seconds waited) or `timeout_s` has passed (fails)."""
@@ -348,8 +353,15 @@ class Pipeline:
 
     def start_ingress(self) -> None:
         self.ingress = self._start("ingress", "ingress", "--host", "127.0.0.1", "--port", str(self.port))
-        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200, START_DEADLINE_S,
-                   "the ingress")
+        self._wait_healthy(self.ingress, self.url)
+
+    @staticmethod
+    def _wait_healthy(ingress: Proc, url: str) -> None:
+        def healthy() -> bool:
+            ingress.assert_alive()  # an ingress that exited (it cannot import, say) fails at once
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+
+        wait_until(healthy, START_DEADLINE_S, "the ingress")
 
     def start_dispatcher(self) -> None:
         self.dispatcher = self._start("dispatch", "dispatch")
@@ -362,6 +374,8 @@ class Pipeline:
         queue = Queue(self.settings.queue, connection=self.redis)
 
         def ready() -> bool:
+            if self.workers is not None:
+                self.workers.assert_alive()
             live = [w for w in Worker.all(queue=queue) if w.pid and _pid_alive(w.pid)]
             return len(live) >= processes
 
@@ -371,9 +385,7 @@ class Pipeline:
         """Only the ingress (it needs nothing but Redis), on `host`: `::1` for IPv6."""
         self.reset()
         self.ingress = self._start("ingress", "ingress", "--host", host, "--port", str(self.port))
-        url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
-        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, START_DEADLINE_S,
-                   "the ingress")
+        self._wait_healthy(self.ingress, f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}")
         return self
 
     def start(self, workers: int = 2) -> Pipeline:
@@ -546,8 +558,14 @@ class Pipeline:
     def wait_processed(self, more: int, timeout_s: float = 240) -> None:
         """Until the workers have committed `more` entries since the call: the pipeline is moving."""
         target = self.processed() + more
-        wait_until(lambda: self.processed() >= target, timeout_s, f"{more} more entries committed by the workers",
-                   every_s=0.1)
+
+        def moved() -> bool:
+            for proc in (self.ingress, self.dispatcher, self.workers):
+                if proc is not None:
+                    proc.assert_alive()  # one that exited on its own (not a fault) fails at once
+            return self.processed() >= target
+
+        wait_until(moved, timeout_s, f"{more} more entries committed by the workers", every_s=0.1)
 
     def wait_drained(self, timeout_s: float = 240) -> float:
         """Until every stream entry was read and acknowledged (twice in a row, 0.3 s apart)."""
