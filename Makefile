@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install run test test-faults bench clean
+.PHONY: all install run check test test-faults bench clean
 
 all: install
 
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(VENV)/bin/hookstream run
+
+# Lint, types and the one direction of dependency between the packages.
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py
 
 test: install
 	$(PY) -m pytest -q -m "not faults_long"

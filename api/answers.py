@@ -7,9 +7,10 @@ the same key, so the answer can also say which event decided it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from shared.consent import OPTED_OUT, UNKNOWN
 from shared.events import GLOBAL_SCOPE

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, TypedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypedDict
 
 import orjson
 import psycopg

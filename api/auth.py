@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 

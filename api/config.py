@@ -6,8 +6,8 @@ HOOKSTREAM_API_PORT (8080), HOOKSTREAM_API_PG_POOL_SIZE (4). The `hookstream api
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from api.auth import ApiTokens
 from shared.errors import ConfigError

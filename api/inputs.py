@@ -7,8 +7,9 @@ quietly turn a scoped question into another one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -34,7 +35,8 @@ def _object(data: Any, allowed: tuple[str, ...]) -> Mapping[str, Any]:
         raise invalid(f"the body must be a JSON object with {', '.join(allowed)}")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise invalid(f"unknown field(s): {', '.join(repr(k)[:60] for k in unknown[:10])}; allowed: {', '.join(allowed)}")
+        named = ", ".join(repr(k)[:60] for k in unknown[:10])
+        raise invalid(f"unknown field(s): {named}; allowed: {', '.join(allowed)}")
     return data
 
 

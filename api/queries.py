@@ -6,9 +6,10 @@ to consent with their ordinal, and come back in input order — no round trip pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import psycopg
 
@@ -84,7 +85,8 @@ async def seen_as_person(conn: Conn, subject: str) -> bool:
     return bool(row and row[0])
 
 
-async def bulk_states(conn: Conn, values: Sequence[str], phone: Sequence[bool], scope_forms: list[str] | None) -> list[str]:
+async def bulk_states(conn: Conn, values: Sequence[str], phone: Sequence[bool],
+                      scope_forms: list[str] | None) -> list[str]:
     """One state per input, in input order: opted_in, opted_out, unknown, or `invalid`."""
     if not values:
         return []
@@ -174,7 +176,10 @@ async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decisi
         inserted = await cur.fetchone()
         if inserted is None:
             await cur.execute(DECIDED_SQL, (event_id,))
-            earlier, by, at, change_id = await cur.fetchone() or (None, None, None, None)
+            found = await cur.fetchone()
+            if found is None:  # the insert conflicted, so an earlier decision is there
+                raise RuntimeError(f"review decision of {event_id} neither inserted nor found")
+            earlier, by, at, change_id = found
             if earlier != decision:
                 raise Conflict(str(earlier), str(by))
             return Decision(event_id, phone, scope, decision, str(by), at, await _change(cur, change_id), True)

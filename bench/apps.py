@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette

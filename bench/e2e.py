@@ -22,23 +22,34 @@ A benchmark reports; it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import psycopg
 from redis import Redis
 
-from bench.common import (ROOT, bench_env, emit, hookstream, latency_summary_ms, load_average, stderr_log,
-                          postmaster_pid, tree_cpu_s, wait_http)
+from bench.common import (
+    ROOT,
+    bench_env,
+    emit,
+    hookstream,
+    latency_summary_ms,
+    load_average,
+    postmaster_pid,
+    stderr_log,
+    tree_cpu_s,
+    wait_http,
+)
 from bench.workers import machine, remaining
 from hookstream.embedded import PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
@@ -128,7 +139,7 @@ def run(*, rate: float = 1000.0, duration: float = 60.0, warmup: float = 5.0, wo
         loadgen(port, rate, warmup, skip=count)  # warm-up: other ids, not counted
         wait_drained(redis, settings, 60)
         hist_before = lag_histogram(settings.worker_metrics_port)
-        start = datetime.now(timezone.utc)
+        start = datetime.now(UTC)
         cpu_before = {name: tree_cpu_s(p.pid) for name, p in zip(("ingress", "dispatch", "workers"), procs)}
         cpu_before["redis"] = tree_cpu_s(redis_server.proc.pid)  # type: ignore[union-attr]
         cpu_before["postgres"] = tree_cpu_s(postmaster_pid(postgres))

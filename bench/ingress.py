@@ -29,15 +29,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from redis import Redis
 
 from bench import wrk
-from bench.common import (PAYLOAD_SETS, ROOT, CpuMeter, bench_env, hookstream, load_average, payload_set, ratio,
-                          wait_http)
+from bench.common import (
+    PAYLOAD_SETS,
+    ROOT,
+    CpuMeter,
+    bench_env,
+    hookstream,
+    load_average,
+    payload_set,
+    ratio,
+    wait_http,
+)
 from bench.workers import machine
 from hookstream.embedded import PostgresServer, RedisServer, free_port
 from hookstream.run import stop_children

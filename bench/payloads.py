@@ -7,7 +7,7 @@ dedupe does not collapse the load.
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import orjson

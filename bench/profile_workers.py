@@ -32,8 +32,9 @@ import gc
 import hashlib
 import sys
 import time
+from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 

@@ -19,13 +19,14 @@ A benchmark reports; it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import shutil
 import io
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -507,7 +507,7 @@ def main() -> int:
             "(bench/loadgen.py --closed), which shares the 2 cores with the server: expect lower, noisier "
             "figures. For the wrk figures: sudo apt-get install -y wrk")
     started = time.perf_counter()
-    results: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(), "quick": args.quick,
+    results: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(), "quick": args.quick,
                                "machine": machine(), "sizes": {}}
     plan = sizes(args.quick)
     failed = False

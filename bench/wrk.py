@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import HttpRequest, ROOT
+from bench.common import ROOT, HttpRequest
 
 DONE = r"""
 done = function(summary, latency, requests)

@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from hookstream import api, dead_letters, stats, status
 from shared import logs
@@ -135,7 +135,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("replay", help="re-process part of the raw stream (or archive) through the current code")
-    p.add_argument("--since", help="ISO-8601 time (UTC without an offset), today, yesterday, or an age: 90m, 2h, 7d, 1w")
+    p.add_argument("--since",
+                   help="ISO-8601 time (UTC without an offset), today, yesterday, or an age: 90m, 2h, 7d, 1w")
     p.add_argument("--until", help="the same forms as --since (exclusive)")
     p.add_argument("--from-id", help="first stream id (inclusive)")
     p.add_argument("--to-id", help="last stream id (inclusive)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -64,7 +64,7 @@ def format_list(found: list[Row], total: int) -> str:
     """One line per dead letter; the text columns through `visible` (a reason may quote the provider)."""
     line = "{:>7}  {:19}  {:24}  {:>5}  {:8}  {}".format
     lines = [line("id", "last seen (UTC)", "provider/feed", "tries", "requeued", "reason")]
-    lines += [line(r["id"], f"{r['last_seen'].astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
+    lines += [line(r["id"], f"{r['last_seen'].astimezone(UTC):%Y-%m-%d %H:%M:%S}",
                    visible(f"{r['provider'] or '-'}/{r['feed'] or '-'}"), r["attempts"],
                    "yes" if r["requeued_at"] else "", visible((r["reason"] or "")[:80])) for r in found]
     return "\n".join(lines + [f"{total} dead letter(s) match, {len(found)} shown"])
@@ -98,7 +98,7 @@ def requeue(conn: Conn, redis: Redis, stream: str, args: argparse.Namespace) -> 
             if todo and not args.dry_run:
                 pipe = redis.pipeline(transaction=False)
                 for _, rec in todo:
-                    pipe.xadd(stream, rec.to_fields())  # type: ignore[arg-type]
+                    pipe.xadd(stream, rec.to_fields())
                 try:
                     results = pipe.execute(raise_on_error=False)
                 except RedisError as exc:  # nothing is known to be in the stream: mark nothing
@@ -167,7 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     for flag, options in (("--provider", {}), ("--feed", {}), ("--reason", {"help": "substring, any case"}),
                           ("--since", {"type": parse_when, "help": f"last seen at/after: {WHEN}"}),
                           ("--until", {"type": parse_when, "help": f"last seen before: {WHEN}"})):
-        filters.add_argument(flag, **options)  # type: ignore[arg-type]
+        filters.add_argument(flag, **options)
     state = filters.add_mutually_exclusive_group()
     state.add_argument("--include-requeued", action="store_true", help="also rows already requeued")
     state.add_argument("--only-requeued", action="store_true", help="only rows already requeued")

@@ -24,14 +24,15 @@ def migrate(database_url: str, archive_retention_s: int = 30 * 86400) -> list[st
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
         try:
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
             for name, sql in migration_files():
                 if name in done:
                     continue
                 with conn.transaction():
-                    conn.execute(sql)  # type: ignore[arg-type]
+                    conn.execute(sql)
                     conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
                 applied_now.append(name)
         finally:

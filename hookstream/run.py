@@ -16,9 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hookstream.embedded import EmbeddedError, PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate

@@ -14,8 +14,9 @@ settings, except the per-read socket timeout: the round trip has one deadline of
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from itertools import chain
-from typing import Any, Callable
+from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
@@ -44,7 +45,9 @@ class Appender:
 
     async def append(self, fields: dict[bytes, bytes]) -> bytes:
         """The new entry's stream id, once Redis holds it."""
-        command = hiredis.pack_command((b"XADD", self._stream, b"*", *chain.from_iterable(fields.items())))
+        # hiredis's stub types the command as a 1-tuple; any tuple of bytes is what it packs.
+        command = hiredis.pack_command(
+            (b"XADD", self._stream, b"*", *chain.from_iterable(fields.items())))  # type: ignore[arg-type]
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending.append((command, future))
         if self._drain_task is None:

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import warnings
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 import jwt

@@ -8,7 +8,8 @@ applies). uvicorn's own proxy handling is off, since it would believe the left-m
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from shared.settings import IPAddress, NetList
 

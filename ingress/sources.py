@@ -12,11 +12,18 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from ingress.routes import FEEDS
-from shared.settings import (DEFAULT_ALLOWED_IPS, GATEWAYAPI_DNS, LOOPBACK, IPAddress, NetList, Settings,
-                             default_allowed_ips)
+from shared.settings import (
+    DEFAULT_ALLOWED_IPS,
+    GATEWAYAPI_DNS,
+    LOOPBACK,
+    IPAddress,
+    NetList,
+    Settings,
+    default_allowed_ips,
+)
 
 log = logging.getLogger("hookstream.ingress")
 
@@ -31,7 +38,7 @@ async def resolve_gatewayapi(names: Iterable[tuple[str, str]] = GATEWAYAPI_DNS, 
         family = socket.AF_INET if record == "A" else socket.AF_INET6
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(name, None, family=family), timeout_s)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             continue
         found.update(str(info[4][0]) for info in infos)
     return found

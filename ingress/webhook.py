@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterable, MutableMapping, TypedDict
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, TypedDict
 
 from redis.asyncio import Redis
 

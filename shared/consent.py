@@ -14,9 +14,10 @@ one `plan`, so a decision follows exactly the rules the workers follow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -134,7 +135,9 @@ class _Ledger:
 
     def answer(self, subject: str, scope: str) -> str:
         everywhere = self.rows.get((subject, GLOBAL_SCOPE))
-        return effective(everywhere, None) if scope == GLOBAL_SCOPE else effective(self.rows.get((subject, scope)), everywhere)
+        if scope == GLOBAL_SCOPE:
+            return effective(everywhere, None)
+        return effective(self.rows.get((subject, scope)), everywhere)
 
     def apply(self, signal: Signal) -> tuple[str, str, str] | None:
         """(scope, old answer, new answer) when the signal changed the answer for its scope."""

@@ -11,9 +11,10 @@ The cost: the feed waits for the oldest open write transaction in the cluster (s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 # The version of a change's stream record (its `v` field).
 RECORD_VERSION = 1
@@ -53,7 +54,7 @@ def iso(moment: datetime | None) -> str | None:
     """ISO-8601 in UTC with a `Z`: the one time format of the API and the stream."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,11 @@ pass plus a few set/dict lookups per token (no regex, no per-keyword loop on the
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import groupby
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
 
 from shared.events import Outcome
 

@@ -6,9 +6,9 @@ worker decodes it here. Field names are short because every stream entry carries
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Mapping
+from datetime import UTC, datetime
 
 import orjson
 
@@ -79,7 +79,7 @@ class RawRecord:
 
     @property
     def received_at(self) -> datetime:
-        return datetime.fromtimestamp(self.received_at_ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(self.received_at_ms / 1000, tz=UTC)
 
     @property
     def mime_type(self) -> str:

@@ -9,7 +9,8 @@ dashboard shows it on a page: both read the same numbers through the same functi
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row, tuple_row
@@ -151,7 +152,8 @@ def with_totals(rows: list[Row]) -> list[Row]:
 # it from their filters); by default the rows not requeued, the ones someone still has to look at.
 
 NOT_REQUEUED = "requeued_at IS NULL"
-LISTED_COLUMNS = "id, stream_id, provider, feed, method, reason, attempts, received_at, first_seen, last_seen, requeued_at"
+LISTED_COLUMNS = ("id, stream_id, provider, feed, method, reason, attempts, received_at, first_seen, last_seen,"
+                  " requeued_at")
 
 
 def dead_letter_count(conn: Conn, where: str = NOT_REQUEUED, params: Sequence[Any] = ()) -> int:

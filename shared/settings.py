@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from shared.errors import ConfigError, ParseError
 from shared.times import parse_duration
@@ -19,7 +19,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 CM_RANGES = "31.169.56.0/21,85.119.48.0/21,188.94.184.0/22"
 LOOPBACK = "127.0.0.1/32,::1/128"
 PRIVATE_AND_LOOPBACK = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
-GATEWAYAPI_DNS = (("ips.gatewayapi.eu", "A"), ("ips.gatewayapi.com", "AAAA"), ("ips.gatewayapi.eu", "AAAA"), ("ips.gatewayapi.com", "A"))
+GATEWAYAPI_DNS = (("ips.gatewayapi.eu", "A"), ("ips.gatewayapi.com", "AAAA"), ("ips.gatewayapi.eu", "AAAA"),
+                  ("ips.gatewayapi.com", "A"))
 
 
 class Secret:

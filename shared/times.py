@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -59,8 +59,9 @@ def _read_fixed(text: str, fmt: str) -> datetime | None:
         values[position] = value = int(digits)
         if not least <= value <= most:
             return None
+    year, month, day, hour, minute, second = values
     try:
-        return datetime(*values)
+        return datetime(year, month, day, hour, minute, second)
     except ValueError:  # 30 February: strptime says why
         return None
 
@@ -75,7 +76,7 @@ def from_local(text: str | None, fmt: str, zone: str) -> datetime | None:
     except ValueError as exc:
         raise ParseError(f"time {text!r} does not match {fmt!r}") from exc
     try:
-        return naive.replace(tzinfo=ZoneInfo(zone)).astimezone(timezone.utc)
+        return naive.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
     except OverflowError as exc:  # year 1 or 9999 shifted to UTC leaves datetime's range
         raise ParseError(f"time {text!r} is out of range") from exc
 
@@ -85,7 +86,7 @@ def from_epoch(value: object) -> datetime | None:
     if value is None or value == "":
         return None
     try:
-        return datetime.fromtimestamp(float(value), tz=timezone.utc)  # type: ignore[arg-type]
+        return datetime.fromtimestamp(float(value), tz=UTC)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise ParseError(f"epoch time {value!r} is not a number of seconds") from exc
 
@@ -101,9 +102,9 @@ def from_iso(text: object) -> datetime | None:
     except ValueError as exc:
         raise ParseError(f"time {text!r} is not ISO-8601") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except OverflowError as exc:
         raise ParseError(f"time {text!r} is out of range") from exc
 
@@ -135,9 +136,9 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     `yesterday` (that UTC day's midnight), or an age (a duration with its unit: that long before `now`).
     A bare number is never an age: `20250501` is a date."""
     stripped = text.strip()
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if stripped.lower() in _DAYS_BACK:
-        midnight = datetime.combine(now.astimezone(timezone.utc).date(), datetime.min.time(), timezone.utc)
+        midnight = datetime.combine(now.astimezone(UTC).date(), datetime.min.time(), UTC)
         return midnight - timedelta(days=_DAYS_BACK[stripped.lower()])
     found = _DURATION.fullmatch(stripped)
     if found is not None and found[2]:

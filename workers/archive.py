@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -41,7 +41,7 @@ def plan(existing: set[str], today: date, retention_days: int) -> tuple[list[dat
 
 def maintain(conn: psycopg.Connection[Any], retention_s: int, now: datetime | None = None) -> tuple[int, int]:
     """Create the coming days' partitions and drop the expired ones; returns (created, dropped)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     retention_days = max(1, retention_s // 86400)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
@@ -49,11 +49,11 @@ def maintain(conn: psycopg.Connection[Any], retention_s: int, now: datetime | No
         create, drop = plan(existing, now.date(), retention_days)
         for day in create:
             start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
-            conn.execute(f"CREATE TABLE {partition_name(day)} PARTITION OF raw_archive"  # type: ignore[arg-type]
+            conn.execute(f"CREATE TABLE {partition_name(day)} PARTITION OF raw_archive"
                          f" FOR VALUES FROM ('{start} 00:00+00') TO ('{end} 00:00+00')")
         for name in drop:
-            conn.execute(f"DROP TABLE {name}")  # type: ignore[arg-type]
-        cutoff = datetime.combine(now.date() - timedelta(days=retention_days), datetime.min.time(), timezone.utc)
+            conn.execute(f"DROP TABLE {name}")
+        cutoff = datetime.combine(now.date() - timedelta(days=retention_days), datetime.min.time(), UTC)
         conn.execute("DELETE FROM raw_archive_default WHERE received_at < %s", (cutoff,))
     if create or drop:
         log.info("raw archive: %d partition(s) created, %d dropped", len(create), len(drop))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -129,7 +130,8 @@ def park(redis: Redis, settings: Settings, parked: list[Entry]) -> None:
     log.error("parked %d entries in %s", len(parked), settings.parked_stream)
 
 
-def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float, *, replay: bool = False) -> WriteResult:
+def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float, *,
+                     replay: bool = False) -> WriteResult:
     """Retry connection trouble with backoff within `budget_s`, then fail with DatabaseUnavailable.
 
     Waiting for a pooled connection is bounded by what is left of the budget: the pool's own

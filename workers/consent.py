@@ -6,8 +6,9 @@ and the statements are `shared.consent`'s, the same ones a person's review decis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import psycopg
 

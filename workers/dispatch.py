@@ -18,9 +18,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 from redis import Redis
@@ -181,7 +181,8 @@ class Dispatcher:
         deadline: float | None = None
         block = first_block_ms
         while len(ids) < s.batch_size:
-            reply = self.redis.xreadgroup(s.group, self.name, {s.stream: ">"}, count=s.batch_size - len(ids), block=block)
+            reply = self.redis.xreadgroup(s.group, self.name, {s.stream: ">"}, count=s.batch_size - len(ids),
+                                          block=block)
             new = [sid.decode() for _, entries in reply for sid, _ in entries]
             if not new and (ids or deadline is not None):
                 break

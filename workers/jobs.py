@@ -8,8 +8,9 @@ as failed, and RQ's own saves of the job leave meta alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from rq import get_current_job
 from rq.job import Job
@@ -23,7 +24,7 @@ OUTAGE_MARK = "failed_for_outage"
 
 def mark_outage(job: Job) -> None:
     job.meta[OUTAGE_MARK] = True
-    job.save_meta()
+    job.save_meta()  # type: ignore[no-untyped-call]  # rq is unannotated
 
 
 def failed_for_outage(job: Job) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared.events import Event
@@ -28,7 +28,7 @@ def serve(port: int, registry: CollectorRegistry | None = None) -> None:
         return
     if registry is None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
     try:
         start_http_server(port, registry=registry)
         log.info("metrics on :%d/metrics", port)
@@ -40,21 +40,22 @@ class WorkerMetrics:
     """What a batch did: events by provider/kind/outcome, its size and time, receive-to-commit lag."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        kw = {"registry": registry} if registry is not None else {}
+        reg = registry if registry is not None else REGISTRY
         self.events = Counter("hookstream_worker_events", "Normalized events written, by provider, kind and"
-                              " keyword outcome (inbound texts) or status.", ["provider", "kind", "outcome"], **kw)
+                              " keyword outcome (inbound texts) or status.", ["provider", "kind", "outcome"],
+                              registry=reg)
         self.dead_letters = Counter("hookstream_worker_dead_letters", "Records dead-lettered, by provider.",
-                                    ["provider"], **kw)
+                                    ["provider"], registry=reg)
         self.consent_changes = Counter("hookstream_worker_consent_changes", "Consent changes applied.",
-                                       ["outcome"], **kw)
+                                       ["outcome"], registry=reg)
         self.batches = Counter("hookstream_worker_batches", "Batches processed, by mode (live, replay) and result.",
-                               ["mode", "result"], **kw)
+                               ["mode", "result"], registry=reg)
         self.batch_size = Histogram("hookstream_worker_batch_size", "Stream entries per batch.",
-                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), **kw)
+                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=reg)
         self.batch_seconds = Histogram("hookstream_worker_batch_seconds", "Time to process one batch.",
-                                       buckets=LATENCY_BUCKETS, **kw)
+                                       buckets=LATENCY_BUCKETS, registry=reg)
         self.commit_lag = Histogram("hookstream_worker_commit_lag_seconds", "From the ingress's 200 (receive time)"
-                                    " to the commit of the record's batch.", buckets=LAG_BUCKETS, **kw)
+                                    " to the commit of the record's batch.", buckets=LAG_BUCKETS, registry=reg)
 
     def observe_events(self, events: Iterable[Event]) -> None:
         """Counted first, then one increment per label set: a batch has a handful of them, and
@@ -71,15 +72,17 @@ class DispatchMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        kw = {"registry": registry}
-        self.enqueued = Counter("hookstream_dispatch_entries", "Stream entries handed to workers.", **kw)
-        self.batches = Counter("hookstream_dispatch_batches", "Batches enqueued.", **kw)
-        self.reclaimed = Counter("hookstream_dispatch_reclaimed", "Entries reclaimed from dead or failed jobs.", **kw)
+        reg = registry
+        self.enqueued = Counter("hookstream_dispatch_entries", "Stream entries handed to workers.", registry=reg)
+        self.batches = Counter("hookstream_dispatch_batches", "Batches enqueued.", registry=reg)
+        self.reclaimed = Counter("hookstream_dispatch_reclaimed", "Entries reclaimed from dead or failed jobs.",
+                                 registry=reg)
         self.dead_lettered = Counter("hookstream_dispatch_gave_up", "Entries sent to the dead letters after too"
-                                     " many deliveries.", **kw)
-        self.pending = Gauge("hookstream_stream_pending", "Entries delivered to workers, not yet acknowledged.", **kw)
-        self.lag = Gauge("hookstream_stream_lag", "Entries in the stream not yet read by the group.", **kw)
-        self.length = Gauge("hookstream_stream_length", "Entries in the stream.", **kw)
+                                     " many deliveries.", registry=reg)
+        self.pending = Gauge("hookstream_stream_pending", "Entries delivered to workers, not yet acknowledged.",
+                             registry=reg)
+        self.lag = Gauge("hookstream_stream_lag", "Entries in the stream not yet read by the group.", registry=reg)
+        self.length = Gauge("hookstream_stream_length", "Entries in the stream.", registry=reg)
         self.oldest_pending_s = Gauge("hookstream_stream_oldest_pending_seconds", "Idle time of the oldest"
-                                      " pending entry.", **kw)
-        self.inflight = Gauge("hookstream_dispatch_inflight_batches", "Batches queued or running in RQ.", **kw)
+                                      " pending entry.", registry=reg)
+        self.inflight = Gauge("hookstream_dispatch_inflight_batches", "Batches queued or running in RQ.", registry=reg)

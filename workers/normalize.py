@@ -7,8 +7,8 @@ dead letter with a reason; one bad entry never blocks the others.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from shared.errors import ParseError
 from shared.events import GLOBAL_SCOPE, Event, Kind, Outcome, amend, check_lengths

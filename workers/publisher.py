@@ -67,7 +67,7 @@ def publish_pending(conn: psycopg.Connection[Any], redis: Redis, settings: Setti
                     return 0
                 pipe.multi()
                 for change in changes:
-                    pipe.xadd(stream, change.as_fields(), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                    pipe.xadd(stream, change.as_fields(), maxlen=maxlen, approximate=True)
                 pipe.set(cursor, changes[-1].position.encode())
                 pipe.execute()
                 return len(changes)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, TextIO
 
 import psycopg
 from redis import Redis

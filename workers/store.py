@@ -6,9 +6,10 @@ statement) and sorted, so concurrent workers take row locks in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, NamedTuple, Sequence, get_type_hints
+from typing import Annotated, Any, NamedTuple, get_type_hints
 
 import orjson
 import psycopg

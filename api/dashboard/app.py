@@ -15,10 +15,11 @@ import hashlib
 import logging
 import os
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -38,8 +39,17 @@ from api.auth import ApiTokens, bearer
 from api.dashboard import data
 from api.dashboard.cache import TTLCache
 from api.dashboard.review import Decider, api_decider
-from api.dashboard.session import (COOKIE, CSRF_FIELD, CSRF_HEADER, SECRET_ENV, Session, Signer, cookie_secure,
-                                   csrf_ok, same_origin)
+from api.dashboard.session import (
+    COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    SECRET_ENV,
+    Session,
+    Signer,
+    cookie_secure,
+    csrf_ok,
+    same_origin,
+)
 from api.errors import ApiError, error_response
 from shared.display import visible
 from shared.examples import example_curl
@@ -98,7 +108,7 @@ def _env() -> Environment:
     env.filters["pct"] = lambda v: "–" if v is None else f"{float(v) * 100:.1f}%"
     env.filters["when"] = lambda iso: iso[:19].replace("T", " ") if iso else ""  # times come in UTC (TimeZone=UTC)
     env.filters["visible"] = visible  # provider text: controls and bidi overrides shown escaped, as in the CLI
-    env.filters["utc"] = lambda t: t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+    env.filters["utc"] = lambda t: t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
     env.globals["asset"] = lambda name: f"{STATIC_PREFIX}/{name}?v={ASSET_VERSIONS[name]}"
     return env
 
@@ -183,7 +193,7 @@ class Dashboard:
         return self._postgres_section(data.deliverability if section == "deliverability" else data.consent)
 
     async def section(self, name: str) -> dict[str, Any]:
-        return await run_in_threadpool(self.cache.get, name, partial(self.compute, name))  # type: ignore[no-any-return]
+        return await run_in_threadpool(self.cache.get, name, partial(self.compute, name))
 
     # -- authentication ---------------------------------------------------------------------------
 
@@ -233,7 +243,7 @@ class Dashboard:
         for name, section in zip(SECTIONS, sections):
             context.update(self.context(name, section, session))
         return self.html("index.html", label=label, notice=NOTICES.get(request.query_params.get("notice", "")),
-                         now=datetime.now(timezone.utc).strftime("%H:%M:%S"), **context)
+                         now=datetime.now(UTC).strftime("%H:%M:%S"), **context)
 
     async def partial(self, request: Request) -> Response:
         name = request.url.path.rsplit("/", 1)[1]

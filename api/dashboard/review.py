@@ -9,7 +9,8 @@ and so is every refusal (an `ApiError`: status, code, detail).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from shared.providers import cm, gatewayapi, mx2, smsmode
 from shared.providers.base import ParseContext, Provider
 
 REGISTRY: Mapping[str, Provider] = MappingProxyType(
-    {module.NAME: module for module in (cm, smsmode, mx2, gatewayapi)}  # type: ignore[misc]
+    {module.NAME: module for module in (cm, smsmode, mx2, gatewayapi)}
 )
 
 __all__ = ["REGISTRY", "ParseContext", "Provider"]

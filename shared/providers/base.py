@@ -8,8 +8,9 @@ values fall to `Status.UNKNOWN`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 from xml.etree.ElementTree import Element
 

@@ -26,10 +26,11 @@ occurred_at None. The SMS MO carries no time: None (the worker keeps our receive
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 from xml.etree.ElementTree import Element
 
 from shared.errors import ParseError
@@ -37,7 +38,13 @@ from shared.events import Event, Kind, Outcome, Reason, Status
 from shared.keys import hashed_key, natural_key
 from shared.phones import normalize_phone
 from shared.providers.base import (
-    ParseContext, json_object, looks_like_xml, lower_keys, query_params, text_or_none, xml_root,
+    ParseContext,
+    json_object,
+    looks_like_xml,
+    lower_keys,
+    query_params,
+    text_or_none,
+    xml_root,
 )
 from shared.record import RawRecord
 from shared.times import from_iso

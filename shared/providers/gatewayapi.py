@@ -99,9 +99,9 @@ def parse(record: RawRecord, ctx: ParseContext) -> list[Event]:
 
 
 def _rest_status(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
-    message_id = _scalar(body.get("id"), "id", ints=True, required=True)
-    msisdn = _scalar(body.get("msisdn"), "msisdn", ints=True, required=True)
-    raw_status = _scalar(body.get("status"), "status", required=True)
+    message_id = _required(body.get("id"), "id", ints=True)
+    msisdn = _required(body.get("msisdn"), "msisdn", ints=True)
+    raw_status = _required(body.get("status"), "status")
     occurred_at = _epoch(body.get("time"), "time")
     status, reason = _status(raw_status)
     # `code` is hex text ("0x1001"); before 2015 it was the integer `error_code`.
@@ -127,8 +127,8 @@ def _rest_status(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
 
 
 def _rest_inbound(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
-    mo_id = _scalar(body.get("id"), "id", ints=True, required=True)
-    msisdn = _scalar(body.get("msisdn"), "msisdn", ints=True, required=True)
+    mo_id = _required(body.get("id"), "id", ints=True)
+    msisdn = _required(body.get("msisdn"), "msisdn", ints=True)
     receiver = _scalar(body.get("receiver"), "receiver", ints=True)
     return Event(
         provider=NAME,
@@ -148,8 +148,8 @@ def _rest_inbound(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
 
 
 def _envelope(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
-    event_id = _scalar(body.get("event_id"), "event_id", required=True)
-    event_type = _scalar(body.get("event_type"), "event_type", required=True)
+    event_id = _required(body.get("event_id"), "event_id")
+    event_type = _required(body.get("event_type"), "event_type")
     event = body.get("event")
     known = event_type in _STATUS_TYPES or event_type in CONTENT
     if known and not isinstance(event, dict):
@@ -172,14 +172,14 @@ def _envelope(body: dict[str, Any], feed: str, ctx: ParseContext) -> Event:
 def _envelope_status(body: dict[str, Any], event: dict[str, Any], event_id: str, feed: str,
                      ctx: ParseContext) -> Event:
     recipient = _scalar(event.get("recipient"), "event.recipient", ints=True)
-    raw_status = _scalar(event.get("status"), "event.status", required=True)
+    raw_status = _required(event.get("status"), "event.status")
     status, reason = _status(raw_status)
     return Event(
         provider=NAME, feed=feed, kind=Kind.STATUS, payload=body,
         # The envelope's event_id is the natural key of every event type.
         dedupe_key=natural_key(NAME, Kind.STATUS, event_id), provider_event_id=event_id,
         occurred_at=_iso(event.get("status_at"), "event.status_at") or _iso(body.get("timestamp"), "timestamp"),
-        message_ref=_scalar(event.get("msg_id"), "event.msg_id", ints=True, required=True),
+        message_ref=_required(event.get("msg_id"), "event.msg_id", ints=True),
         phone=normalize_phone(recipient, ctx.default_region),
         phone_raw=recipient,
         status=status,
@@ -194,12 +194,14 @@ def _user_message(body: dict[str, Any], event: dict[str, Any], event_id: str, ev
                   ctx: ParseContext) -> Event:
     """A message from the person in `event.sender`: a text (INBOUND) or a location or file (EVENT)."""
     kind, shape = CONTENT[event_type]
-    sender = _scalar(event.get("sender"), "event.sender", ints=True, required=True)
+    sender = _required(event.get("sender"), "event.sender", ints=True)
     # Our side is not in the published shapes; take it when GatewayAPI sends it.
     ours = event.get("recipient") if event.get("recipient") is not None else event.get("receiver")
     receiver = _scalar(ours, "event.recipient", ints=True)
     content = event.get("content")
-    text = _content_text(content) if shape == "text" else _content_object(content)
+    text = _content_text(content) if shape == "text" else None
+    if shape != "text":
+        _check_object(content)
     return Event(
         provider=NAME, feed=feed, kind=kind, payload=body,
         dedupe_key=natural_key(NAME, kind, event_id), provider_event_id=event_id,
@@ -223,7 +225,7 @@ def _content_text(content: object) -> str | None:
     raise ParseError(f"'event.content' is {type(content).__name__}, expected a string or an object")
 
 
-def _content_object(content: object) -> None:
+def _check_object(content: object) -> None:
     """A location or file: its content stays in the payload; only its shape is checked."""
     if content is not None and not isinstance(content, dict):
         raise ParseError(f"'event.content' is {type(content).__name__}, expected an object")
@@ -241,15 +243,20 @@ def _has(body: dict[str, Any], *names: str) -> bool:
     return False
 
 
-def _scalar(value: object, name: str, *, ints: bool = False, required: bool = False) -> str | None:
+def _scalar(value: object, name: str, *, ints: bool = False) -> str | None:
     """A field as stripped text. Ids and MSISDNs (`ints`) are JSON integers by the docs; their
     digit strings are tolerated too. Any other type is a ParseError naming the field."""
     allowed: tuple[type, ...] = (str, int) if ints else (str,)
     if value is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
         wanted = "an integer or a string" if ints else "a string"
         raise ParseError(f"field {name!r} is {type(value).__name__}, expected {wanted}")
-    text = text_or_none(value)
-    if required and text is None:
+    return text_or_none(value)
+
+
+def _required(value: object, name: str, *, ints: bool = False) -> str:
+    """`_scalar` of a field that must be there."""
+    text = _scalar(value, name, ints=ints)
+    if text is None:
         raise ParseError(f"required field {name!r} is missing or empty")
     return text
 

@@ -17,7 +17,8 @@ read case-insensitively and values are read leniently (null, "" and numbers are 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from shared.errors import ParseError
 from shared.events import Event, Kind, Outcome, Reason, Status

@@ -27,8 +27,9 @@ CONSENT event takes its STATUS event's key plus ":consent".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from shared.errors import ParseError
 from shared.events import GLOBAL_SCOPE, Event, Kind, Outcome, Reason, Status

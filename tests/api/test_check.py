@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -27,7 +27,7 @@ def notations(e164: str, rng: random.Random) -> str:
 def seed_consent(db: psycopg.Connection, numbers: list[str], rng: random.Random) -> None:
     """Consent rows in bulk: each number gets 0–3 of the scopes, states and times at random,
     ties between a scope row and the `*` row included (an opt-out wins those)."""
-    base = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2025, 1, 1, tzinfo=UTC)
     rows = []
     for i, number in enumerate(numbers):
         for scope in rng.sample(SCOPES, rng.randrange(4)):

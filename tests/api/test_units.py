@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -22,7 +22,7 @@ from shared.errors import ConfigError
 from shared.feed import Position
 from shared.phones import normalize_phone
 
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("raw, region, value, phone", [

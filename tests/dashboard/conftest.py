@@ -4,8 +4,9 @@ served inside the consent API app the way `hookstream api` serves it."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -81,7 +82,7 @@ def send_traffic(client: TestClient, drain: Drain) -> None:  # noqa: F811
                                           ("EXPIRED", "INFO"), ("REJECTED", "INFO"), ("SENT", "INFO")]):
         post(client, "/webhooks/smsmode/status", {
             "messageId": f"m{i}", "direction": "MT", "from": sender, "recipient": {"to": "+33612345678"},
-            "status": {"value": status, "deliveryDate": datetime.fromtimestamp(now, timezone.utc).isoformat()}})
+            "status": {"value": status, "deliveryDate": datetime.fromtimestamp(now, UTC).isoformat()}})
     for i, status in enumerate(["DELIVERED", "DELIVERED", "UNDELIVERABLE"]):
         post(client, "/webhooks/gatewayapi", gw_dlr(status, now, msg=2000 + i, msisdn=4587650000 + i))
     post(client, "/webhooks/mx2", b"{not json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from api.dashboard.session import Signer, csrf_ok, same_origin
 from api.errors import ApiError
 from shared import reports
 
-START = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+START = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 TODAY = date(2026, 12, 1)
 
 

@@ -28,9 +28,10 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -355,10 +356,10 @@ def test_crds_are_valid_custom_resource_definitions() -> None:
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(crd, version, strict=True)
         # Structural schemas: properties and additionalProperties never together.
-        def walk(node: Any, where: str) -> None:
+        def walk(node: Any, where: str, name: str = path.name) -> None:
             if isinstance(node, dict):
-                assert not ("properties" in node and "additionalProperties" in node), f"{path.name}: {where}"
-                assert "$ref" not in node, f"{path.name}: {where}: CRD schemas cannot use $ref"
+                assert not ("properties" in node and "additionalProperties" in node), f"{name}: {where}"
+                assert "$ref" not in node, f"{name}: {where}: CRD schemas cannot use $ref"
                 for key, value in node.items():
                     walk(value, f"{where}.{key}")
             elif isinstance(node, list):
@@ -592,7 +593,7 @@ def test_configmap_and_secret_template_are_valid_settings() -> None:
 
 def test_kubernetes_commands_are_real_hookstream_subcommands() -> None:
     commands = {}
-    for workload, container in all_containers():
+    for _workload, container in all_containers():
         assert container["image"] == "hookstream:latest"
         args = parse_command(container["command"])
         commands[args.command] = args

@@ -13,13 +13,21 @@ from __future__ import annotations
 import platform
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from tests.faults.harness import (
-    FIGURES, SCENARIOS, Pipeline, Requests, Secrets, Servers, halt_background, write_figures,
+    FIGURES,
+    SCENARIOS,
+    Pipeline,
+    Requests,
+    Secrets,
+    Servers,
+    halt_background,
+    write_figures,
 )
 
 HERE = Path(__file__).parent

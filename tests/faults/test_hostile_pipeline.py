@@ -25,7 +25,18 @@ from hypothesis import strategies as st
 
 from tests.faults.conftest import PipelineFactory
 from tests.faults.harness import (
-    PATHS, TRICKY_TEXTS, Load, Pipeline, Req, Requests, Secrets, _rows, count, no_other_threads, sign_hmac, sign_jwt,
+    PATHS,
+    TRICKY_TEXTS,
+    Load,
+    Pipeline,
+    Req,
+    Requests,
+    Secrets,
+    _rows,
+    count,
+    no_other_threads,
+    sign_hmac,
+    sign_jwt,
     wait_until,
 )
 from tests.faults.test_fuzz_normalizers import BILLION_LAUGHS, QUADRATIC, XXE, json_values

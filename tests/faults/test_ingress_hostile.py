@@ -48,7 +48,7 @@ def raw_http(port: int, data: bytes, host: str = "127.0.0.1", timeout: float = H
         sock.sendall(data)
         try:
             head = sock.recv(64)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             return 0
     parts = head.split(b" ", 2)
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0

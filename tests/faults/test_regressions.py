@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import parse_qsl
 
 import jwt
@@ -39,10 +39,10 @@ from shared.errors import DatabaseUnavailable, InvalidSignature
 from shared.record import RawRecord
 from shared.settings import Secret, Settings
 from tests.faults.harness import Servers, no_other_threads
-from workers.jobs import mark_outage
 from workers.batch import write_with_retry
 from workers.context import normalize_context
 from workers.dispatch import DEAD_LETTER_JOB, PROCESS_JOB, Dispatcher
+from workers.jobs import mark_outage
 from workers.normalize import normalize_entry
 from workers.store import _dead_row
 

@@ -7,7 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jwt
 import pytest

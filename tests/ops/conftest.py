@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +20,7 @@ Cli = Callable[..., tuple[int, str]]
 def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
     """run(settings, *argv) → (exit code, stdout); a traceback on stderr fails the test."""
 
-    def run(settings: Settings, *argv: str) -> tuple[int, str]:
+    def run(settings: Settings, *argv: str) -> tuple[int, str]:  # noqa: F811 (the fixture, passed in)
         top = argparse.ArgumentParser(prog="hookstream")
         sub = top.add_subparsers(dest="command", required=True)
         for module in (status, dead_letters, stats):

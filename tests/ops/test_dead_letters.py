@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -23,7 +23,7 @@ from tests.workers.test_pipeline import cm_mo, mx2, post, rows
 pytestmark = pytest.mark.integration
 
 BINARY = b"\xff\xfe\x00garbage"
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def count(db: psycopg.Connection, where: str = "TRUE") -> int:
@@ -46,11 +46,11 @@ def insert_dead(db: psycopg.Connection, stream_id: str, body: bytes, received_at
 @pytest.mark.parametrize(("text", "expected"), [
     ("2h", NOW - timedelta(hours=2)), ("7d", NOW - timedelta(days=7)), ("90m", NOW - timedelta(minutes=90)),
     ("1.5h", NOW - timedelta(minutes=90)), ("30s", NOW - timedelta(seconds=30)), ("2W", NOW - timedelta(weeks=2)),
-    ("2025-05-01T10:00:00Z", datetime(2025, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2025-05-01 10:00", datetime(2025, 5, 1, 10, tzinfo=timezone.utc)),  # no offset: UTC
-    ("2025-05-01T12:00:00+02:00", datetime(2025, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2025-05-01", datetime(2025, 5, 1, tzinfo=timezone.utc)),
-    ("yesterday", datetime(2025, 5, 31, tzinfo=timezone.utc)), ("today", datetime(2025, 6, 1, tzinfo=timezone.utc)),
+    ("2025-05-01T10:00:00Z", datetime(2025, 5, 1, 10, tzinfo=UTC)),
+    ("2025-05-01 10:00", datetime(2025, 5, 1, 10, tzinfo=UTC)),  # no offset: UTC
+    ("2025-05-01T12:00:00+02:00", datetime(2025, 5, 1, 10, tzinfo=UTC)),
+    ("2025-05-01", datetime(2025, 5, 1, tzinfo=UTC)),
+    ("yesterday", datetime(2025, 5, 31, tzinfo=UTC)), ("today", datetime(2025, 6, 1, tzinfo=UTC)),
 ])
 def test_when_is_iso_or_relative(text: str, expected: datetime) -> None:
     assert parse_when(text, NOW) == expected
@@ -197,7 +197,7 @@ def test_requeued_garbage_dead_letters_again_under_its_new_stream_id(
 def test_requeue_after_a_fix_gives_events_at_the_original_receive_time(
     drain: Drain, settings: Settings, db: psycopg.Connection, redis_client: redis.Redis, cli: Cli,
 ) -> None:
-    received = datetime(2024, 3, 26, 0, 5, 7, 123000, tzinfo=timezone.utc)
+    received = datetime(2024, 3, 26, 0, 5, 7, 123000, tzinfo=UTC)
     payload = json.dumps(mx2("received", "2024-03-25 20:05:00", "hello")).encode()
     fixed = insert_dead(db, "1-1", payload, received)
     foreign = insert_dead(db, "1-2", b"\x00\x01", None, provider=None, feed=None)  # never was a record
@@ -220,7 +220,7 @@ def test_requeue_after_a_fix_gives_events_at_the_original_receive_time(
 
 def test_requeue_marks_nothing_when_redis_is_down(settings: Settings, db: psycopg.Connection, cli: Cli,
                                                   closed_port: int) -> None:
-    insert_dead(db, "1-1", b"{}", datetime(2024, 1, 1, tzinfo=timezone.utc))
+    insert_dead(db, "1-1", b"{}", datetime(2024, 1, 1, tzinfo=UTC))
     broken = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{closed_port}/0")
     code, out = cli(broken, "dead-letters", "requeue", "--provider", "mx2")
     assert code == 1 and out.splitlines()[-1] == "requeued 0, skipped 0, failed 1"

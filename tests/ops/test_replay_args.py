@@ -3,7 +3,7 @@ before it opens anything."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from workers import replay as replay_module
 from workers.context import WorkerContext
 from workers.replay import Selection
 
-SINCE = datetime(2025, 6, 1, tzinfo=timezone.utc)
+SINCE = datetime(2025, 6, 1, tzinfo=UTC)
 MS = int(SINCE.timestamp() * 1000)
 
 
@@ -54,11 +54,11 @@ def run_replay(monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, Select
 
 
 def test_replay_takes_every_form_of_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     code, selection = run_replay(monkeypatch, "--since", "1w", "--until", "yesterday", "--json")
     assert code == 0 and selection is not None and selection.since is not None and selection.until is not None
-    assert before - timedelta(weeks=1, seconds=5) < selection.since <= datetime.now(timezone.utc) - timedelta(weeks=1)
-    assert selection.until == datetime.combine(selection.until.date(), datetime.min.time(), timezone.utc)
+    assert before - timedelta(weeks=1, seconds=5) < selection.since <= datetime.now(UTC) - timedelta(weeks=1)
+    assert selection.until == datetime.combine(selection.until.date(), datetime.min.time(), UTC)
     code, selection = run_replay(monkeypatch, "--since", "2025-06-01T02:00:00+02:00", "--json")
     assert code == 0 and selection is not None and selection.since == SINCE
 

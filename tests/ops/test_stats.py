@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,13 +21,13 @@ from tests.workers.test_pipeline import gw_dlr, post, rows
 
 pytestmark = pytest.mark.integration
 
-TODAY = datetime.now(timezone.utc).date()
+TODAY = datetime.now(UTC).date()
 YESTERDAY = TODAY - timedelta(days=1)
 COUNTS = ("delivered", "failed", "expired", "rejected", "sent", "queued", "unknown", "total")
 
 
 def at(day: date, hour: int = 0, second: int = 5) -> datetime:
-    return datetime.combine(day, time(hour, 0, second), tzinfo=timezone.utc)
+    return datetime.combine(day, time(hour, 0, second), tzinfo=UTC)
 
 
 def smsmode(msg: str, value: str, sender: str, when: datetime | None) -> dict[str, Any]:

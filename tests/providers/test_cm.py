@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,7 +21,7 @@ from tests.providers.util import example, fixture, record
 
 CTX = ParseContext(default_region="NL")
 XML = "application/xml"
-UTC = timezone.utc
+UTC = UTC
 BRIEF_EVENT_ID = "121c38a5-cf77-424a-9ea9-d6c044a845f8"
 
 
@@ -367,7 +367,7 @@ def _check_invariants(raw: RawRecord, events_: list[Event]) -> None:
     for event in events_:
         assert event.provider == "cm" and event.feed == raw.feed
         assert event.dedupe_key.startswith("cm:")
-        assert event.occurred_at is None or event.occurred_at.utcoffset() == timezone.utc.utcoffset(None)
+        assert event.occurred_at is None or event.occurred_at.utcoffset() == UTC.utcoffset(None)
         orjson.dumps(dict(event.payload))
     assert len({event.dedupe_key for event in events_}) == len(events_)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -37,7 +37,7 @@ class Rejected:
 
 
 def utc(epoch: int) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 def jwt_claims(relative: str) -> bytes:
@@ -62,7 +62,7 @@ DLR = {"id": 1000001, "msisdn": 4587654321, "time": 1450000000, "status": "DELIV
 MO = {"id": 7, "msisdn": 4587654321, "receiver": 451204, "message": "foo stop", "senttime": 1450000000}
 EVENT_ID = "09c829a2-a77b-422d-8562-2f88e784dfb5"
 STAMP = "2025-04-01T11:50:12.003029+00:00"
-STAMP_UTC = datetime(2025, 4, 1, 11, 50, 12, 3029, tzinfo=timezone.utc)
+STAMP_UTC = datetime(2025, 4, 1, 11, 50, 12, 3029, tzinfo=UTC)
 SMS_STATUS = {
     "msg_id": "01JNN696A9E0WS89FPYGT15NBX",
     "recipient": 4587654321,
@@ -143,7 +143,7 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
         "kind": Kind.STATUS, "dedupe_key": natural_key(P, "status", EVENT_ID), "provider_event_id": EVENT_ID,
         "message_ref": "01JNN696A9E0WS89FPYGT15NBX", "phone": "+4587654321", "phone_raw": "4587654321",
         "user_ref": "order-42", "status": Status.DELIVERED, "provider_status": "DELIVERED",
-        "occurred_at": datetime(2025, 4, 1, 11, 50, 11, tzinfo=timezone.utc), "event_type": None,
+        "occurred_at": datetime(2025, 4, 1, 11, 50, 11, tzinfo=UTC), "event_type": None,
     }),
 
     # --- rest DLR: every status of the table, then variants ---
@@ -234,7 +234,7 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
     ("events_status_time_falls_back", sms_status(status_at=...),
      {"occurred_at": STAMP_UTC}),
     ("events_status_naive_time_is_utc", sms_status(status_at="2025-04-01T11:50:11"),
-     {"occurred_at": datetime(2025, 4, 1, 11, 50, 11, tzinfo=timezone.utc)}),
+     {"occurred_at": datetime(2025, 4, 1, 11, 50, 11, tzinfo=UTC)}),
     ("events_status_no_reference", sms_status(reference=None), {"user_ref": None}),
     ("events_status_no_recipient", sms_status(recipient=...), {"phone": None}),
     ("events_status_string_recipient", sms_status(recipient="4587654321"),
@@ -252,7 +252,7 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
     ("events_text_sms", envelope("user-message.text.sms", SMS_TEXT), {
         "kind": Kind.INBOUND, "dedupe_key": natural_key(P, "inbound", EVENT_ID), "provider_event_id": EVENT_ID,
         "message_ref": "01JNN6ABCDEF0WS89FPYGT15NB", "phone": "+4587654321", "phone_raw": "4587654321",
-        "body": " foo Hello ", "occurred_at": datetime(2025, 4, 1, 11, 50, 10, tzinfo=timezone.utc),
+        "body": " foo Hello ", "occurred_at": datetime(2025, 4, 1, 11, 50, 10, tzinfo=UTC),
         "counterpart": None, "status": None,
     }),
     ("events_text_rcs_with_recipient", envelope("user-message.text.rcs", with_(SMS_TEXT, recipient=451204)),
@@ -320,7 +320,7 @@ CASES: list[tuple[str, RawRecord, Expected]] = [
 
 # --- the Mobile Messaging API's published examples: every event type, each content shape ---
 
-SENT_AT = datetime(2025, 4, 1, 11, 49, 12, 5021, tzinfo=timezone.utc)
+SENT_AT = datetime(2025, 4, 1, 11, 49, 12, 5021, tzinfo=UTC)
 EVENTS_EXAMPLE = orjson.loads(fixture("gatewayapi/messaging-api-webhook-events-thirdparty.json"))
 OPENAPI_EXAMPLES = orjson.loads(fixture("gatewayapi/messaging-api-openapi-webhook-examples.json"))
 MSG = "01K33QFGSHXXM0Q7HM7QS34PY6"
@@ -393,7 +393,7 @@ def assert_contract(event: Event, raw: RawRecord) -> None:
     assert event.dedupe_key.startswith(f"{P}:{event.kind}:")
     assert event.payload == orjson.loads(raw.body)
     orjson.dumps(event.payload)
-    assert event.occurred_at is None or event.occurred_at.utcoffset() == timezone.utc.utcoffset(None)
+    assert event.occurred_at is None or event.occurred_at.utcoffset() == UTC.utcoffset(None)
     if event.kind is Kind.STATUS:
         assert event.status is not None and event.provider_status is not None and event.message_ref
     if event.kind is Kind.INBOUND:

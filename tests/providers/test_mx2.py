@@ -7,7 +7,7 @@ contains the given text.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,7 +28,7 @@ SUB = "xct7jy"
 CGUID = "71349011-E13D-43FC-ADB4-DAE215EA5438"
 WHEN = "2024-03-25 20:01:58"
 # 20:01:58 EDT (UTC-4, DST began 2024-03-10).
-WHEN_UTC = datetime(2024, 3, 26, 0, 1, 58, tzinfo=timezone.utc)
+WHEN_UTC = datetime(2024, 3, 26, 0, 1, 58, tzinfo=UTC)
 
 
 def post(**fields: Any) -> dict[str, Any]:
@@ -224,7 +224,7 @@ CASES: list[tuple[str, RawRecord, list[Event] | str]] = [
                 Kind.STATUS,
                 post(datetime="2024-01-15 12:00:00"),
                 status=Status.SENT,
-                occurred_at=datetime(2024, 1, 15, 17, 0, tzinfo=timezone.utc),
+                occurred_at=datetime(2024, 1, 15, 17, 0, tzinfo=UTC),
             )
         ],
     ),
@@ -300,7 +300,7 @@ def test_dedupe_key_is_stable_and_distinct() -> None:
 def test_dst_fall_back_hour_reads_as_daylight_time() -> None:
     # 01:30 on 2024-11-03 happens twice in New York; the first (EDT, UTC-4) is taken.
     [parsed] = mx2.parse(rec(post(datetime="2024-11-03 01:30:00")), CTX)
-    assert parsed.occurred_at == datetime(2024, 11, 3, 5, 30, tzinfo=timezone.utc)
+    assert parsed.occurred_at == datetime(2024, 11, 3, 5, 30, tzinfo=UTC)
 
 
 MALFORMED: list[bytes] = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,7 +40,7 @@ def rest(feed: str, obj: Any) -> RawRecord:
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
 
 
 DLR = {"numero": "33612345678", "date_reception": "2024-07-01 10:00:00", "statut": "11", "smsID": "S1",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from shared.events import Event, Kind, Outcome, Status, amend
 
 EVENT = Event("cm", "mo", Kind.INBOUND, "cm:inbound:1", payload={"a": 1}, phone="+31612345678", body="STOP",
-              occurred_at=datetime(2025, 1, 1, tzinfo=timezone.utc), status=Status.SENT, scope="3669")
+              occurred_at=datetime(2025, 1, 1, tzinfo=UTC), status=Status.SENT, scope="3669")
 
 
 def test_amend_changes_the_fields_named_and_keeps_the_rest() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import random
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

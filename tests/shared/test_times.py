@@ -3,7 +3,7 @@ command-line times have one grammar."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -70,7 +70,7 @@ def test_from_local_keeps_its_errors() -> None:
 
 # -- the one grammar of durations and command-line times ---------------------------------------
 
-NOW = datetime(2025, 6, 1, 12, 30, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -98,14 +98,14 @@ def test_durations_refuse_anything_else(text: str) -> None:
     ("7d", NOW - timedelta(days=7)), ("1w", NOW - timedelta(weeks=1)), ("2W", NOW - timedelta(weeks=2)),
     ("1.5h", NOW - timedelta(minutes=90)),
     # named UTC days: their midnight
-    ("today", datetime(2025, 6, 1, tzinfo=timezone.utc)), ("yesterday", datetime(2025, 5, 31, tzinfo=timezone.utc)),
-    (" Yesterday ", datetime(2025, 5, 31, tzinfo=timezone.utc)),
+    ("today", datetime(2025, 6, 1, tzinfo=UTC)), ("yesterday", datetime(2025, 5, 31, tzinfo=UTC)),
+    (" Yesterday ", datetime(2025, 5, 31, tzinfo=UTC)),
     # ISO-8601: UTC without an offset
-    ("2025-05-01T10:00:00Z", datetime(2025, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2025-05-01 10:00", datetime(2025, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2025-05-01T12:00:00+02:00", datetime(2025, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2025-05-01", datetime(2025, 5, 1, tzinfo=timezone.utc)),
-    ("20250501", datetime(2025, 5, 1, tzinfo=timezone.utc)),  # a bare number is never an age
+    ("2025-05-01T10:00:00Z", datetime(2025, 5, 1, 10, tzinfo=UTC)),
+    ("2025-05-01 10:00", datetime(2025, 5, 1, 10, tzinfo=UTC)),
+    ("2025-05-01T12:00:00+02:00", datetime(2025, 5, 1, 10, tzinfo=UTC)),
+    ("2025-05-01", datetime(2025, 5, 1, tzinfo=UTC)),
+    ("20250501", datetime(2025, 5, 1, tzinfo=UTC)),  # a bare number is never an age
 ])
 def test_moments(text: str, expected: datetime) -> None:
     assert parse_moment(text, NOW) == expected
@@ -113,7 +113,7 @@ def test_moments(text: str, expected: datetime) -> None:
 
 def test_named_days_are_utc_days() -> None:
     late_in_new_york = datetime(2025, 6, 1, 23, 30, tzinfo=timezone(timedelta(hours=-4)))  # 2 June, UTC
-    assert parse_moment("today", late_in_new_york) == datetime(2025, 6, 2, tzinfo=timezone.utc)
+    assert parse_moment("today", late_in_new_york) == datetime(2025, 6, 2, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("text", [

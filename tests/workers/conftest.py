@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
-from prometheus_client import CollectorRegistry
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient

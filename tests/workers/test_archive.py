@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
@@ -23,7 +23,7 @@ def test_plan_makes_the_coming_days_and_drops_the_expired_ones() -> None:
 @pytest.mark.integration
 def test_maintain_on_a_real_database(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         maintain(conn, 30 * 86400, now)  # migrate already did this: nothing new
         assert maintain(conn, 30 * 86400, now) == (0, 0)
         names = {row[0] for row in conn.execute(LIST_SQL)}

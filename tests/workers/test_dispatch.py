@@ -8,7 +8,7 @@ import json
 import threading
 import time
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -24,8 +24,16 @@ from tests.providers.util import record
 from tests.workers.conftest import entries_enqueued, run_workers
 from workers import jobs
 from workers.context import WorkerContext
-from workers.dispatch import (DEAD_LETTER_JOB, PROCESS_JOB, Claimed, Dispatcher, JobState, batch_job_id, job_state,
-                              plan_reclaim)
+from workers.dispatch import (
+    DEAD_LETTER_JOB,
+    PROCESS_JOB,
+    Claimed,
+    Dispatcher,
+    JobState,
+    batch_job_id,
+    job_state,
+    plan_reclaim,
+)
 
 integration = pytest.mark.integration
 
@@ -77,7 +85,7 @@ def test_an_entry_whose_job_is_live_is_left_to_it(state: JobState) -> None:
 
 # A client that cannot connect: job_state must make no round trip.
 NO_REDIS = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
-NOW = datetime(2024, 3, 25, 20, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 3, 25, 20, 0, tzinfo=UTC)
 
 
 def fetched(status: JobStatus, *, started_s_ago: float | None = None, outage: bool = False) -> Job:

@@ -6,7 +6,7 @@ import io
 import os
 import subprocess
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -59,8 +59,8 @@ def forget_the_opt_in(db: psycopg.Connection) -> None:
                " FROM consent_changes c WHERE c.outcome = 'opt_out' AND consent.subject = c.subject")
 
 
-def run(ctx: WorkerContext, selection: Selection = Selection(), **kwargs: bool) -> dict[str, int]:
-    return replay(ctx, selection, out=io.StringIO(), **kwargs)
+def run(ctx: WorkerContext, selection: Selection | None = None, **kwargs: bool) -> dict[str, int]:
+    return replay(ctx, selection or Selection(), out=io.StringIO(), **kwargs)
 
 
 def test_replaying_everything_changes_nothing(traffic: None, worker: object, worker_context: WorkerContext,

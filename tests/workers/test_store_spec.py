@@ -8,7 +8,7 @@ its row class and checked field by field, by name, so a value in the wrong slot 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,8 +19,17 @@ from shared.events import Event, Kind, Outcome, Reason, Status
 from shared.record import RawRecord
 from workers.normalize import NORMALIZER_VERSION
 from workers.rules import STATUS_RANK
-from workers.store import (TABLES, Arrival, ArchiveRow, EventRow, StatusRow, _archive_row, _event_row, spec,
-                           status_winners)
+from workers.store import (
+    TABLES,
+    ArchiveRow,
+    Arrival,
+    EventRow,
+    StatusRow,
+    _archive_row,
+    _event_row,
+    spec,
+    status_winners,
+)
 
 COLUMNS_SQL = (
     "SELECT column_name, udt_name,"
@@ -28,8 +37,8 @@ COLUMNS_SQL = (
     " FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s"
 )
 
-RECEIVED = datetime(2026, 3, 1, 12, 0, 5, tzinfo=timezone.utc)
-OCCURRED = datetime(2026, 3, 1, 11, 59, 58, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+OCCURRED = datetime(2026, 3, 1, 11, 59, 58, tzinfo=UTC)
 
 
 @pytest.mark.integration

@@ -15,8 +15,19 @@ from hookstream.embedded import free_port
 from shared.settings import Settings
 from tests.workers.test_dispatch import append
 from workers.dispatch import Dispatcher
-from workers.upkeep import (ARCHIVE_EVERY_S, PUBLISH_EVERY_S, TRIM_EVERY_S, ConsentFeed, Row, Schedule, Upkeep, table,
-                            trim, trim_cutoff, trim_floor)
+from workers.upkeep import (
+    ARCHIVE_EVERY_S,
+    PUBLISH_EVERY_S,
+    TRIM_EVERY_S,
+    ConsentFeed,
+    Row,
+    Schedule,
+    Upkeep,
+    table,
+    trim,
+    trim_cutoff,
+    trim_floor,
+)
 
 integration = pytest.mark.integration
 
