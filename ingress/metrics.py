@@ -33,6 +33,18 @@ class IngressMetrics:
             "Appends that failed (answered 503).",
             registry=self.registry,
         )
+        self.replica_ack_errors = Counter(
+            "hookstream_ingress_replica_ack_errors",
+            "Appends answered 503 because fewer replicas than HOOKSTREAM_APPEND_REPLICAS confirmed them in time"
+            " (also counted in append_errors).",
+            registry=self.registry,
+        )
+        self.append_replicas_acked = Histogram(
+            "hookstream_ingress_append_replicas_acked",
+            "Replicas that WAIT counted per round trip (only with HOOKSTREAM_APPEND_REPLICAS > 0).",
+            buckets=(0, 1, 2, 3, 4, 5),
+            registry=self.registry,
+        )
 
     def count(self, provider: str, feed: str, outcome: str) -> None:
         """One request answered; the labelled child is looked up once per label set, not per request."""

@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from redis.asyncio import Redis
 
 from ingress import auth
-from ingress.appender import Appender
+from ingress.appender import Appender, ReplicaAckMissing
 from ingress.client import ClientAddresses
 from ingress.metrics import IngressMetrics
 from ingress.routes import Feed, Signature
@@ -187,6 +187,8 @@ class WebhookEndpoint:
             await state["appender"].append(record.to_fields())
         except StoreUnavailable as exc:
             state["metrics"].append_errors.inc()
+            if isinstance(exc, ReplicaAckMissing):
+                state["metrics"].replica_ack_errors.inc()
             log.error("append failed, answering 503: %s", exc)
             return await self._answer(state, send, "unavailable", 503, b"temporarily unavailable, retry later")
         state["metrics"].append_seconds.observe(time.perf_counter() - started)
