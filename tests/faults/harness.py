@@ -1069,6 +1069,7 @@ class Load:
         self._settle_s = 30.0
         self._deadline = float("inf")  # retries stop after it, once no new request is started
         self._lock = threading.Lock()
+        self.error: BaseException | None = None  # what ended the generator's thread, if anything did
 
     @property
     def server_errors(self) -> int:
@@ -1076,8 +1077,7 @@ class Load:
         return sum(n for status, n in self.statuses.items() if status >= 500 and status != 503)
 
     def start(self) -> Load:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True,
-                                        name=f"{THREAD_PREFIX}load")
+        self._thread = threading.Thread(target=self._main, daemon=True, name=f"{THREAD_PREFIX}load")
         self._thread.start()
         BACKGROUND.append(self)
         return self
@@ -1091,6 +1091,8 @@ class Load:
         if self._thread.is_alive():
             self.halt()
             raise AssertionError(f"the load generator did not stop within {settle_s + 60}s")
+        if self.error is not None:
+            raise AssertionError(f"the load generator failed: {self.error!r}") from self.error
         count("requests_sent", len(self.sent))
         return self
 
@@ -1108,7 +1110,26 @@ class Load:
     def wait_acked(self, more: int, timeout_s: float = 240) -> None:
         """Until `more` requests were acknowledged since the call: traffic flowed, however busy the machine."""
         target = len(self.acked) + more
-        wait_until(lambda: len(self.acked) >= target, timeout_s, f"{more} more acknowledged requests")
+
+        def acked() -> bool:
+            self.assert_sending()
+            return len(self.acked) >= target
+
+        wait_until(acked, timeout_s, f"{more} more acknowledged requests")
+
+    def assert_sending(self) -> None:
+        """Fail at once if the generator's thread has ended before stop() (a request maker raised, say)."""
+        if self.error is not None:
+            raise AssertionError(f"the load generator failed: {self.error!r}") from self.error
+        if not self._stop_new.is_set() and not self.running():
+            raise AssertionError("the load generator stopped on its own")
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def attempts_within(self, since: float, until: float) -> list[Attempt]:
         """Attempts sent at or after `since` and answered before `until` (monotonic times).
