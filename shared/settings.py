@@ -11,6 +11,7 @@ from shared.errors import ConfigError, ParseError
 from shared.times import parse_duration
 
 PROVIDERS = ("cm", "smsmode", "mx2", "gatewayapi")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -118,10 +119,45 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return secret if secret.values else None
 
 
+def _sentinels(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    """Comma-separated `host:port` (an IPv6 host in brackets: `[::1]:26379`)."""
+    found: list[tuple[str, int]] = []
+    for item in (i.strip() for i in env.get(name, "").split(",")):
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name}: {item!r} is not host:port")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
+def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    """None when unset: the command's own default applies."""
+    return _int(env, name, 0, minimum) if env.get(name, "").strip() else None
+
+
+def _queue_redis_url(env: Mapping[str, str]) -> str | None:
+    """Where RQ's queues live. For now only where the stream is: the dispatcher writes a job and its
+    stream-entry map in one MULTI, and a worker acknowledges an entry and drops it from that map in
+    one pipeline, both on the stream's Redis; queues elsewhere need those split first."""
+    url = env.get("HOOKSTREAM_QUEUE_REDIS_URL", "").strip() or None
+    if url is not None and url != (env.get("HOOKSTREAM_REDIS_URL") or DEFAULT_REDIS_URL):
+        raise ConfigError("HOOKSTREAM_QUEUE_REDIS_URL: RQ's queues must stay on HOOKSTREAM_REDIS_URL's Redis"
+                          " for now (the dispatcher enqueues there); leave it unset")
+    return url
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str | None = field(default=None, repr=False)  # URLs may carry passwords
     database_url: str | None = field(default=None, repr=False)
+    # Sentinel: when set, every Redis client finds the current primary through them by the service
+    # name, and the URLs give only the db number, username and password (shared/connections.py).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_service: str = "hookstream"
+    queue_redis_url: str | None = field(default=None, repr=False)  # RQ's queues; None: the stream's Redis
     trusted_proxies: NetList = field(default_factory=NetList)
     allowed_ips: Mapping[str, NetList | None] = field(default_factory=dict)  # None: the provider's default
     tokens: Mapping[str, Secret | None] = field(default_factory=dict)
@@ -148,6 +184,13 @@ class Settings:
     worker_metrics_port: int = 9101  # Prometheus /metrics of `hookstream worker`; 0 = none
     dispatch_metrics_port: int = 9102  # and of `hookstream dispatch`
     local_profile: bool = False
+    # The commands' own: listen address, worker processes, logs, `run`'s data folder.
+    host: str | None = None  # None: the command's default (0.0.0.0; 127.0.0.1 for `run`)
+    port: int = 8000
+    workers: int | None = None  # None: the command's default (1 for `worker`, 2 for `run`)
+    log_level: str = "INFO"
+    log_phones: bool = False
+    data_dir: str = ".data"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -163,6 +206,9 @@ class Settings:
         return cls(
             redis_url=env.get("HOOKSTREAM_REDIS_URL") or None,
             database_url=env.get("HOOKSTREAM_DATABASE_URL") or None,
+            redis_sentinels=_sentinels(env, "HOOKSTREAM_REDIS_SENTINELS"),
+            redis_sentinel_service=env.get("HOOKSTREAM_REDIS_SENTINEL_SERVICE", "").strip() or "hookstream",
+            queue_redis_url=_queue_redis_url(env),
             trusted_proxies=NetList.parse(env.get("HOOKSTREAM_TRUSTED_PROXIES", ""), "HOOKSTREAM_TRUSTED_PROXIES"),
             allowed_ips=allowed,
             tokens=tokens,
@@ -192,6 +238,12 @@ class Settings:
             pg_pool_size=_int(env, "HOOKSTREAM_PG_POOL_SIZE", 2, minimum=1),
             worker_metrics_port=_int(env, "HOOKSTREAM_WORKER_METRICS_PORT", 9101),
             dispatch_metrics_port=_int(env, "HOOKSTREAM_DISPATCH_METRICS_PORT", 9102),
+            host=env.get("HOOKSTREAM_HOST", "").strip() or None,
+            port=_int(env, "HOOKSTREAM_PORT", 8000, minimum=1),
+            workers=_optional_int(env, "HOOKSTREAM_WORKERS", minimum=1),
+            log_level=env.get("HOOKSTREAM_LOG_LEVEL", "").strip() or "INFO",
+            log_phones=env.get("HOOKSTREAM_LOG_PHONES", "").strip() == "1",
+            data_dir=env.get("HOOKSTREAM_DATA_DIR", "").strip() or ".data",
         )
 
     @property
@@ -221,7 +273,10 @@ class Settings:
         return f"{self.key_prefix}:inflight"
 
     def redis_url_or_default(self) -> str:
-        return self.redis_url or "redis://127.0.0.1:6379/0"
+        return self.redis_url or DEFAULT_REDIS_URL
+
+    def queue_redis_url_or_default(self) -> str:
+        return self.queue_redis_url or self.redis_url_or_default()
 
     def database_url_or_default(self) -> str:
         return self.database_url or "postgresql://postgres@127.0.0.1:5432/postgres"
