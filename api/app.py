@@ -32,6 +32,7 @@ from api.dashboard.app import SecureHeaders
 from api.errors import ApiError, JSONResponse, error_response, invalid
 from api.openapi import FIXED, document
 from api.subjects import Classifier, InvalidSubject, scope_forms
+from shared import connections
 from shared.feed import Position, iso
 from shared.settings import Settings
 
@@ -218,14 +219,7 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         own = pool is None
-        active = pool or AsyncConnectionPool(
-            settings.database_url_or_default(), min_size=1, max_size=pool_size, open=False, name="hookstream-api",
-            # Autocommit: reads need no transaction (writes open their own). No prepared statements:
-            # usable behind PgBouncer in transaction mode. Checked before use: after a Postgres
-            # restart no request gets a dead connection.
-            kwargs={"prepare_threshold": None, "autocommit": True},
-            check=AsyncConnectionPool.check_connection,
-        )
+        active = pool or connections.api_pool(settings.database_url_or_default(), pool_size)
         if own:
             await active.open()  # does not wait for a connection: the API starts with Postgres down (503s)
         for label in tokens.short_labels():

@@ -97,9 +97,10 @@ def ceiling_await_app() -> Starlette:
 
 
 def ceiling_append_app(redis_url: str) -> Starlette:
-    from ingress.app import make_redis
     from ingress.appender import Appender
+    from shared.connections import ingress_redis
     from shared.record import RawRecord
+    from shared.settings import Settings
 
     template = RawRecord(provider="cm", feed="mo", method="POST", query=b"", content_type="application/json",
                          headers={"content-type": "application/json"}, client="127.0.0.1",
@@ -108,7 +109,7 @@ def ceiling_append_app(redis_url: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = make_redis(redis_url)
+        redis = ingress_redis(Settings(redis_url=redis_url))
         state["appender"] = Appender(redis, "hookstream-bench:ladder")
         try:
             yield

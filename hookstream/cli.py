@@ -47,15 +47,15 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_dispatch(settings: Settings, args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
-    from redis import Redis
 
+    from shared.connections import dispatcher_redis
     from workers.dispatch import Dispatcher
     from workers.metrics import DispatchMetrics, serve
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    redis = Redis.from_url(settings.redis_url_or_default(), socket_timeout=10, socket_connect_timeout=2)
+    redis = dispatcher_redis(settings)
     metrics = DispatchMetrics(CollectorRegistry())
     serve(args.metrics_port, metrics.registry)
     Dispatcher(settings, redis, metrics=metrics).run(stop)

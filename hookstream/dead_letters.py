@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared import reports
+from shared import connections, reports
 from shared.display import render_bytes, visible
 from shared.errors import ParseError
 from shared.record import RawRecord
@@ -128,7 +128,7 @@ def cmd_show(settings: Settings, conn: Conn, args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(settings: Settings, conn: Conn, args: argparse.Namespace) -> int:
-    with Redis.from_url(settings.redis_url_or_default(), socket_timeout=10, socket_connect_timeout=2) as redis:
+    with connections.cli_redis(settings) as redis:
         counts = requeue(conn, redis, settings.stream, args)
     unmatched = bool(args.ids) and sum(counts.values()) < len(set(args.ids))
     print(f"{'would requeue' if args.dry_run else 'requeued'} {counts['requeued']}, skipped {counts['skipped']},"
@@ -152,8 +152,8 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
         print(f"refusing to {args.dead_letters_command} without IDs or filters: add --all to act on every match")
         return 2
     try:
-        with psycopg.connect(settings.database_url_or_default(), autocommit=True, connect_timeout=5,
-                             row_factory=dict_row) as conn:
+        with connections.connect(settings.database_url_or_default(), connections.Role.CLI,
+                                 row_factory=dict_row) as conn:
             return int(args.action(settings, conn, args))
     except (psycopg.Error, RedisError) as exc:
         print(f"hookstream dead-letters: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")

@@ -19,6 +19,7 @@ from datetime import date
 
 import psycopg
 
+from shared import connections
 from shared.display import visible
 from shared.reports import COUNTS, Row, deliverability, with_totals
 from shared.settings import Settings
@@ -51,7 +52,7 @@ def format_table(rows: list[Row], days: int) -> str:
 
 
 def fetch(database_url: str, days: int, provider: str | None) -> list[Row]:
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+    with connections.connect(database_url, connections.Role.CLI) as conn:
         return deliverability(conn, days, provider)
 
 

@@ -35,18 +35,17 @@ import json
 from typing import Any
 
 import psycopg
-from redis import Redis
 
-from shared import reports
+from shared import connections, reports
 from shared.settings import Settings
 
 
 def collect(settings: Settings) -> dict[str, Any]:
     """The report (`shared.reports.status`) on connections of this command's own."""
-    redis = Redis.from_url(settings.redis_url_or_default(), socket_timeout=5, socket_connect_timeout=2)
+    redis = connections.cli_redis(settings)
     try:
         try:
-            conn = psycopg.connect(settings.database_url_or_default(), autocommit=True, connect_timeout=5)
+            conn = connections.connect(settings.database_url_or_default(), connections.Role.CLI)
         except psycopg.Error as exc:
             return reports.status(settings, redis, None, reports.first_line(exc))
         with conn:

@@ -18,8 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -31,6 +29,7 @@ from ingress.metrics import IngressMetrics
 from ingress.routes import FEEDS
 from ingress.sources import DnsAllowList, Resolver, SourcePolicy, resolve_gatewayapi
 from ingress.webhook import Receive, Scope, Send, State, WebhookEndpoint
+from shared import connections
 from shared.settings import Settings
 
 log = logging.getLogger("hookstream.ingress")
@@ -71,11 +70,6 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def make_redis(url: str) -> Redis:
-    # No client-side retries: a provider retry is cheaper than a hung request.
-    return Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0))
-
-
 class Ingress:
     """Exact (path, method) matches of the webhook routes skip the router; the rest is Starlette's."""
 
@@ -102,7 +96,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None, resolver: Reso
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        client = redis or make_redis(settings.redis_url_or_default())
+        client = redis or connections.ingress_redis(settings)  # no client retries: see shared/connections.py
         dns = DnsAllowList(settings.gatewayapi_fallback_ips, resolver or resolve_gatewayapi,
                            settings.gatewayapi_dns_refresh_s)
         dns_task = asyncio.create_task(dns.run()) if settings.allowed_ips.get("gatewayapi") is None else None

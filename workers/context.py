@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 from redis import Redis
 
+from shared import connections
 from shared.keywords import KeywordPolicy
 from shared.providers import ParseContext
 from shared.settings import Settings
@@ -32,19 +33,10 @@ class WorkerContext:
     @classmethod
     def open(cls, settings: Settings, registry: CollectorRegistry | None = None) -> WorkerContext:
         """`registry`: None for the process's default one (served by `hookstream worker`)."""
-        pool = ConnectionPool(
-            settings.database_url_or_default(),
-            min_size=1,
-            max_size=settings.pg_pool_size,
-            # prepare_threshold=None keeps the pool usable behind PgBouncer in transaction mode.
-            kwargs={"prepare_threshold": None},
-            open=True,
-            name="hookstream-worker",
-        )
         return cls(
             settings=settings,
-            redis=Redis.from_url(settings.redis_url_or_default(), socket_timeout=10, socket_connect_timeout=2),
-            pool=pool,
+            redis=connections.worker_redis(settings),
+            pool=connections.worker_pool(settings.database_url_or_default(), settings.pg_pool_size),
             normalize=normalize_context(settings),
             metrics=WorkerMetrics(registry),
         )

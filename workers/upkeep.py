@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import psycopg
 from redis import Redis
 
+from shared import connections
 from shared.settings import Settings
 from shared.streamids import id_to_tuple
 from workers import archive, publisher
@@ -114,8 +115,8 @@ class ConsentFeed:
         """Changes published; Postgres trouble waits for the next round."""
         try:
             if self._database is None or self._database.closed:
-                self._database = psycopg.connect(self.settings.database_url_or_default(), autocommit=True,
-                                                 connect_timeout=5)
+                self._database = connections.connect(self.settings.database_url_or_default(),
+                                                     connections.Role.DISPATCHER)
             return publisher.publish_pending(self._database, self.redis, self.settings)
         except ValueError as exc:  # a cursor key that is not ours: an operator must look
             log.error("consent feed not published: %s", exc)

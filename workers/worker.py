@@ -6,11 +6,11 @@ Postgres pool once (lazily, after the pool's fork) and reuses them for every bat
 
 from __future__ import annotations
 
-from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
+from shared import connections
 from shared.settings import Settings
 
 # RQ logs every job at INFO; at hundreds of batches a second that drowns everything else.
@@ -23,7 +23,7 @@ def queue_names(settings: Settings) -> list[str]:
 
 
 def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) -> int:
-    redis = Redis.from_url(settings.redis_url_or_default())
+    redis = connections.queue_redis(settings)
     if processes <= 1:
         worker = SimpleWorker(queue_names(settings), connection=redis, serializer=JSONSerializer,
                               default_result_ttl=settings.result_ttl_s)

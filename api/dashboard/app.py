@@ -51,6 +51,7 @@ from api.dashboard.session import (
     same_origin,
 )
 from api.errors import ApiError, error_response
+from shared import connections
 from shared.display import visible
 from shared.examples import example_curl
 from shared.reports import first_line
@@ -144,11 +145,8 @@ class Dashboard:
     def pool(self) -> ConnectionPool[Any]:
         with self._lock:
             if self._pool is None:
-                self._pool = ConnectionPool(
-                    self.settings.database_url_or_default(), min_size=1, max_size=self.pool_size, open=False,
-                    timeout=self.pool_timeout_s, name="hookstream-dashboard", check=ConnectionPool.check_connection,
-                    kwargs={"autocommit": True, "connect_timeout": 3, "prepare_threshold": None,
-                            "options": "-c statement_timeout=10000 -c TimeZone=UTC"})
+                self._pool = connections.dashboard_pool(self.settings.database_url_or_default(), self.pool_size,
+                                                        self.pool_timeout_s)
                 self._pool.open(wait=False)
                 atexit.register(self.close)
             return self._pool
@@ -156,8 +154,7 @@ class Dashboard:
     def redis(self) -> Redis:
         with self._lock:
             if self._redis is None:
-                self._redis = Redis.from_url(self.settings.redis_url_or_default(), socket_timeout=2,
-                                             socket_connect_timeout=2)
+                self._redis = connections.dashboard_redis(self.settings)
             return self._redis
 
     def close(self) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import psycopg
-
 from api import review
+from shared import connections
 
 Decider = Callable[[str, str, str, Any], Awaitable[dict[str, Any]]]
 
@@ -35,8 +34,7 @@ def api_decider(database_url: str) -> Decider:
             async with pool.connection(timeout=5.0) as conn:
                 made = await review.decide(conn, event_id, decision, label)
         else:
-            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True,
-                                                             connect_timeout=5) as conn:
+            async with await connections.connect_async(database_url, connections.Role.API) as conn:
                 made = await review.decide(conn, event_id, decision, label)
         return made.as_json()
 
