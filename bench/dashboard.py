@@ -223,7 +223,7 @@ def run(events: int = 1_000_000, runs: int = 20, database_url: str | None = None
         results: dict[str, Any] = {"events": events, "runs": runs, "gap_s": gap_s, "load_s": loaded,
                                    "machine": {"python": platform.python_version(), "cpus": _cpus()}}
         for mode, ttl in (("uncached", dict.fromkeys(CACHE_TTL_S, 0.0)), ("cached", dict(CACHE_TTL_S))):
-            dash = Dashboard(settings, tokens, cache_ttl_s=ttl, env={})
+            dash = Dashboard(settings, tokens, cache_ttl_s=ttl)
             stack.callback(dash.close)
             app = Starlette(routes=dash.routes())
             with serve(app) as base:

@@ -1,7 +1,8 @@
 """`hookstream api [--host H] [--port P]`: the consent API with the dashboard at `/`, one process.
 
 Its variables (HOOKSTREAM_API_TOKENS, required; HOOKSTREAM_API_HOST, HOOKSTREAM_API_PORT,
-HOOKSTREAM_API_PG_POOL_SIZE) are the API's own: `api.config.ApiConfig`.
+HOOKSTREAM_API_PG_POOL_SIZE, HOOKSTREAM_DASHBOARD_SECRET, HOOKSTREAM_DASHBOARD_COOKIE_SECURE) are the
+API's own: `api.config.ApiConfig`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from api.app import create_app
 from api.auth import ENV as TOKENS_ENV
 from api.config import ApiConfig
+from api.dashboard import Dashboard
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -29,11 +31,16 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         print(f"hookstream api: {TOKENS_ENV} is not set: give at least one token (label:secret, comma-separated)",
               file=sys.stderr)
         return 2
-    app = create_app(settings, config.tokens, pool_size=config.pool_size)
+    dashboard = Dashboard(settings, config.tokens, secret=config.dashboard_secret,
+                          secure_cookie=config.dashboard_cookie_secure)
+    app = create_app(settings, config.tokens, pool_size=config.pool_size, dashboard=dashboard)
     # Access log off: paths carry phone numbers. Proxy headers off, as for the ingress.
-    uvicorn.run(app, host=args.host or config.host, port=args.port or config.port, loop="uvloop", http="httptools",
-                proxy_headers=False, access_log=False, server_header=False, log_config=None,
-                timeout_graceful_shutdown=10)
+    try:
+        uvicorn.run(app, host=args.host or config.host, port=args.port or config.port, loop="uvloop",
+                    http="httptools", proxy_headers=False, access_log=False, server_header=False, log_config=None,
+                    timeout_graceful_shutdown=10)
+    finally:
+        dashboard.close()
     return 0
 
 

@@ -32,7 +32,8 @@ def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
     app = create_app(settings, freeze_gc=True)
     # proxy_headers off: the ingress does its own trusted-proxy walk. Access log off: query strings
     # carry phone numbers and texts.
-    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", proxy_headers=False,
+    host, port = args.host or settings.host or "0.0.0.0", args.port or settings.port
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", proxy_headers=False,
                 access_log=False, server_header=False, log_config=None, timeout_graceful_shutdown=10)
     return 0
 
@@ -72,7 +73,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.worker import run_workers
 
     serve(args.metrics_port)
-    return run_workers(settings, processes=args.processes, burst=args.burst)
+    return run_workers(settings, processes=args.processes or settings.workers or 1, burst=args.burst)
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -106,20 +107,26 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from api.config import ApiConfig
     from hookstream.run import run_all
 
-    return run_all(settings, host=args.host, port=args.port, workers=args.workers)
+    try:
+        api = ApiConfig.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"hookstream run: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return run_all(settings, api, host=args.host or settings.host or "127.0.0.1", port=args.port or settings.port,
+                   workers=args.workers or settings.workers or 2)
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="hookstream", description="Webhook ingestion pipeline for SMS providers.")
     sub = top.add_subparsers(dest="command", required=True)
-    host = os.environ.get("HOOKSTREAM_HOST", "0.0.0.0")
-    port = int(os.environ.get("HOOKSTREAM_PORT", "8000"))
-
+    # Options left out are the settings' (HOOKSTREAM_HOST, HOOKSTREAM_PORT, HOOKSTREAM_WORKERS), read
+    # in main with the rest; then each command's own default.
     p = sub.add_parser("ingress", help="serve the webhook endpoints (needs only Redis)")
-    p.add_argument("--host", default=host)
-    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--host", help="listen address (HOOKSTREAM_HOST, default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port (HOOKSTREAM_PORT, default 8000)")
     p.add_argument("--local-profile", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_ingress)
 
@@ -129,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_dispatch)
 
     p = sub.add_parser("worker", help="process batches (RQ workers)")
-    p.add_argument("-n", "--processes", type=int, default=int(os.environ.get("HOOKSTREAM_WORKERS", "1")))
+    p.add_argument("-n", "--processes", type=int, help="worker processes (HOOKSTREAM_WORKERS, default 1)")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: none)")
     p.set_defaults(handler=cmd_worker)
@@ -152,21 +159,21 @@ def parser() -> argparse.ArgumentParser:
         command.register(sub)
 
     p = sub.add_parser("run", help="run everything; embedded Redis and Postgres when no URLs are set")
-    p.add_argument("--host", default=os.environ.get("HOOKSTREAM_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=port)
-    p.add_argument("--workers", type=int, default=int(os.environ.get("HOOKSTREAM_WORKERS", "2")))
+    p.add_argument("--host", help="ingress listen address (HOOKSTREAM_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="ingress port (HOOKSTREAM_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (HOOKSTREAM_WORKERS, default 2)")
     p.set_defaults(handler=cmd_run)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logs.setup(os.environ.get("HOOKSTREAM_LOG_LEVEL", "INFO"), mask=os.environ.get("HOOKSTREAM_LOG_PHONES") != "1")
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         print(f"hookstream: configuration error: {exc}", file=sys.stderr)
         return 2
+    logs.setup(settings.log_level, mask=not settings.log_phones)
     if getattr(args, "metrics_port", 0) is None:
         args.metrics_port = settings.worker_metrics_port if args.command == "worker" else settings.dispatch_metrics_port
     return int(args.handler(settings, args) or 0)

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from api.config import ApiConfig
 from hookstream.embedded import EmbeddedError, PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
 from shared.examples import example_curl
@@ -28,11 +29,9 @@ from shared.settings import Settings
 
 log = logging.getLogger("hookstream.run")
 
-API_PORT = 8080
 
-
-def data_dir() -> Path:
-    return Path(os.environ.get("HOOKSTREAM_DATA_DIR", ".data")).resolve()
+def data_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir).resolve()
 
 
 def postgres_dir(base: Path) -> Path:
@@ -43,18 +42,18 @@ def postgres_dir(base: Path) -> Path:
     return Path("/var/tmp") / f"hookstream-postgres-{tag}"
 
 
-def run_all(settings: Settings, *, host: str, port: int, workers: int) -> int:
-    env = dict(os.environ)
-    local_profile = settings.redis_url is None
+def run_all(settings: Settings, api: ApiConfig, *, host: str, port: int, workers: int) -> int:
+    env = dict(os.environ)  # the children's: the same variables, plus the embedded servers' URLs
+    local_profile = settings.redis_url is None and not settings.redis_sentinels
     with ExitStack() as stack:
         try:
-            if settings.redis_url is None:
-                redis = RedisServer(data_dir() / "redis", port=free_port()).start()
+            if local_profile:
+                redis = RedisServer(data_dir(settings) / "redis", port=free_port()).start()
                 stack.callback(redis.stop)
                 env["HOOKSTREAM_REDIS_URL"] = redis.url
                 log.info("embedded redis-server on %s (data in %s)", redis.url, redis.data_dir)
             if settings.database_url is None:
-                postgres = PostgresServer(postgres_dir(data_dir()), port=free_port()).start()
+                postgres = PostgresServer(postgres_dir(data_dir(settings)), port=free_port()).start()
                 stack.callback(postgres.stop)
                 env["HOOKSTREAM_DATABASE_URL"] = postgres.url
                 log.info("embedded PostgreSQL on %s (data in %s)", postgres.url, postgres.data_dir)
@@ -65,12 +64,12 @@ def run_all(settings: Settings, *, host: str, port: int, workers: int) -> int:
         log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
         ingress = ["ingress", "--host", host, "--port", str(port)] + (["--local-profile"] if local_profile else [])
         token = "(HOOKSTREAM_API_TOKENS)"
-        if not env.get("HOOKSTREAM_API_TOKENS"):  # a one-run token, printed below for the newcomer
+        if not api.tokens:  # a one-run token, printed below for the newcomer
             token = secrets.token_urlsafe(18)
             env["HOOKSTREAM_API_TOKENS"] = f"local:{token}"
-        api_port = int(env.get("HOOKSTREAM_API_PORT") or API_PORT)
-        api = ["api", "--host", host, "--port", str(api_port)]
-        commands = [ingress, ["dispatch"], ["worker", "-n", str(workers)], api]
+        api_port = api.port
+        commands = [ingress, ["dispatch"], ["worker", "-n", str(workers)],
+                    ["api", "--host", host, "--port", str(api_port)]]
         children = [subprocess.Popen([sys.executable, "-m", "hookstream.cli", *c], env=env) for c in commands]
         stack.callback(stop_children, children)
         print(f"\nhookstream is running: ingress on http://{host}:{port}, {workers} worker(s). Try:\n\n"

@@ -13,7 +13,6 @@ import asyncio
 import atexit
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -69,7 +68,6 @@ CACHE_TTL_S: Mapping[str, float] = {"flow": 2.0, "deliverability": 30.0, "consen
 SECTIONS = ("flow", "deliverability", "consent")
 MAX_FORM_BYTES = 4096
 BIGINT_MAX = 2**63 - 1  # dead_letters.id is a bigint
-POOL_TIMEOUT_S = 2.0
 
 PAGE_PATHS = ("/", "/login", "/logout", "/dashboard/review", "/dashboard/dead-letters")
 DATA_PATHS = tuple(f"/dashboard/data/{s}" for s in SECTIONS)
@@ -118,23 +116,25 @@ class Dashboard:
     """Routes plus what they share: a small sync Postgres pool and a Redis client (opened on first
     use, so the API starts with either down), the section cache, the session signer."""
 
-    def __init__(self, settings: Settings, tokens: ApiTokens, *, env: Mapping[str, str] | None = None,
-                 signer: Signer | None = None, cache_ttl_s: Mapping[str, float] | None = None,
-                 decide: Decider | None = None, pool_size: int = 4, ingress_port: int | None = None,
-                 refresh_s: int = REFRESH_S, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
-        env = os.environ if env is None else env
+    def __init__(self, settings: Settings, tokens: ApiTokens, *, secret: str | None = None,
+                 secure_cookie: bool = False, signer: Signer | None = None,
+                 cache_ttl_s: Mapping[str, float] | None = None, decide: Decider | None = None, pool_size: int = 4,
+                 ingress_port: int | None = None, refresh_s: int = REFRESH_S,
+                 pool_timeout_s: float | None = None) -> None:
+        """`secret` and `secure_cookie`: the API's config (api.config.ApiConfig); `ingress_port`: the
+        settings' by default; `pool_timeout_s`: the dashboard's row of shared.connections by default."""
         self.settings = settings
         self.tokens = tokens
-        self.env = env
-        self.signer = signer or Signer.from_env(env)
-        if signer is None and not env.get(SECRET_ENV, "").strip():
+        self.secure_cookie = secure_cookie
+        self.signer = signer or Signer.from_secret(secret)
+        if signer is None and not secret:
             log.info("dashboard: %s is not set; sessions are signed with a key of this process only", SECRET_ENV)
         self.cache = TTLCache(CACHE_TTL_S if cache_ttl_s is None else cache_ttl_s)
         self.decide = decide or api_decider(settings.database_url_or_default())
         self.pool_size = pool_size
         self.refresh_s = refresh_s
         self.pool_timeout_s = pool_timeout_s
-        self.ingress_port = ingress_port or int(env.get("HOOKSTREAM_PORT", "").strip() or 8000)
+        self.ingress_port = ingress_port or settings.port
         self.templates = _env()
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
@@ -271,7 +271,7 @@ class Dashboard:
         value, _ = self.signer.issue(label)
         response = RedirectResponse("/", 303)
         response.set_cookie(COOKIE, value, max_age=self.signer.max_age_s, path="/", httponly=True,
-                            samesite="strict", secure=cookie_secure(request, self.env))
+                            samesite="strict", secure=cookie_secure(request, self.secure_cookie))
         log.info("dashboard login by %s", label)
         return response
 
@@ -283,7 +283,7 @@ class Dashboard:
             return RedirectResponse("/?notice=csrf", 303)
         response = RedirectResponse("/login?notice=logged_out", 303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
-                               secure=cookie_secure(request, self.env))
+                               secure=cookie_secure(request, self.secure_cookie))
         return response
 
     async def review(self, request: Request) -> Response:

@@ -22,10 +22,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -68,9 +66,9 @@ class Signer:
         self.max_age_s = max_age_s
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Signer:
-        raw = env.get(SECRET_ENV, "").strip()
-        return cls(raw.encode() if raw else secrets.token_bytes(32))
+    def from_secret(cls, secret: str | None) -> Signer:
+        """HOOKSTREAM_DASHBOARD_SECRET (api.config.ApiConfig); None: a random key of this process."""
+        return cls(secret.encode() if secret else secrets.token_bytes(32))
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
@@ -94,8 +92,9 @@ class Signer:
         return session if session.expires > (now or time.time()) else None
 
 
-def cookie_secure(request: Request, env: Mapping[str, str] = os.environ) -> bool:
-    return request.url.scheme == "https" or env.get(SECURE_ENV, "").strip() == "1"
+def cookie_secure(request: Request, always: bool = False) -> bool:
+    """`always`: HOOKSTREAM_DASHBOARD_COOKIE_SECURE=1 (behind a TLS-terminating proxy)."""
+    return request.url.scheme == "https" or always
 
 
 def csrf_ok(session: Session, presented: str | None) -> bool:

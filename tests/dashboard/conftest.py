@@ -49,7 +49,7 @@ def clean(db: psycopg.Connection) -> Iterator[psycopg.Connection]:
 def dashboard_app(settings: Settings, tokens: ApiTokens, clean: psycopg.Connection  # noqa: F811
                   ) -> Iterator[tuple[Starlette, Dashboard]]:
     app, dash = combined_app(settings, tokens, cache_ttl_s={"flow": 0, "deliverability": 0, "consent": 0},
-                             env={"HOOKSTREAM_PORT": "8000"})
+                             ingress_port=8000)
     yield app, dash
     dash.close()
 

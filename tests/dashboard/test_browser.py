@@ -70,7 +70,7 @@ def test_the_page_shows_what_postgres_and_redis_hold(
         db: psycopg.Connection, redis_client: redis.Redis, clean: psycopg.Connection) -> None:
     send_traffic(ingress_client, drain)
     app, dash = combined_app(settings, tokens, cache_ttl_s={"flow": 0, "deliverability": 0, "consent": 0},
-                             env={"HOOKSTREAM_PORT": str(INGRESS_PORT)}, refresh_s=1)
+                             ingress_port=INGRESS_PORT, refresh_s=1)
     problems: list[str] = []
     try:
         with serve(app) as base:

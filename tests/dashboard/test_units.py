@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
+from api.config import ApiConfig
 from api.dashboard import PUBLIC_PATHS, data
 from api.dashboard.app import BIGINT_MAX, MAX_FORM_BYTES, SECTIONS, STATIC_FILES, _env, read_form, whole_number
 from api.dashboard.cache import TTLCache
@@ -136,12 +137,15 @@ def test_session_cookie_round_trip_and_tampering() -> None:
         assert signer.read(junk) is None
 
 
-def test_signer_from_env() -> None:
-    a = Signer.from_env({"HOOKSTREAM_DASHBOARD_SECRET": "s" * 20})
-    b = Signer.from_env({"HOOKSTREAM_DASHBOARD_SECRET": "s" * 20})
+def test_signer_from_the_configured_secret() -> None:
+    config = ApiConfig.from_env({"HOOKSTREAM_DASHBOARD_SECRET": "s" * 20, "HOOKSTREAM_DASHBOARD_COOKIE_SECURE": "1"})
+    assert config.dashboard_cookie_secure and not ApiConfig.from_env({}).dashboard_cookie_secure
+    assert "s" * 20 not in repr(config)
+    a = Signer.from_secret(config.dashboard_secret)
+    b = Signer.from_secret(config.dashboard_secret)
     value, _ = a.issue("ops")
     assert b.read(value) is not None  # replicas sharing the variable share sessions
-    assert Signer.from_env({}).read(value) is None  # unset: a random key of this process
+    assert Signer.from_secret(ApiConfig.from_env({}).dashboard_secret).read(value) is None  # unset: a random key
     with pytest.raises(ValueError):
         Signer(b"short")
 

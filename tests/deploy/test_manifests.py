@@ -454,7 +454,7 @@ def test_the_api_probes_answer_without_a_token() -> None:
     exist: nothing for Prometheus to scrape (deploy/prometheus.yml has no API job)."""
     settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none", redis_url="redis://127.0.0.1:1/0")
     tokens = ApiTokens.parse("probe:" + "x" * 32)
-    dashboard = Dashboard(settings, tokens, env={})
+    dashboard = Dashboard(settings, tokens)
     try:
         with TestClient(create_app(settings, tokens, dashboard=dashboard)) as client:
             assert client.get(API_LIVENESS).status_code == 200
