@@ -41,7 +41,7 @@ def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from hookstream.migrate import migrate
 
-    applied = migrate(settings.database_url_or_default(), settings.archive_retention_s)
+    applied = migrate(settings.database_url_or_default(), settings.archive_retention_s, settings.events_retention_s)
     log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
     return 0
 

@@ -170,6 +170,10 @@ class Settings:
     key_prefix: str = "hookstream"
     stream_retention_s: int = 24 * 3600
     archive_retention_s: int = 30 * 86400
+    events_retention_s: int = 400 * 86400  # events live in weekly partitions, dropped whole past this
+    dedupe_horizon_s: int = 90 * 86400  # how long a dedupe key stops a redelivery: past any provider's retries
+    status_retention_s: int = 400 * 86400  # final message_status rows, by the day of their status
+    consent_evidence_retention_s: int = 5 * 365 * 86400  # consent_changes; consent itself is never dropped
     default_region: str | None = None
     gatewayapi_keywords: frozenset[str] = frozenset()
     batch_size: int = 500
@@ -225,6 +229,10 @@ class Settings:
             key_prefix=env.get("HOOKSTREAM_KEY_PREFIX", "hookstream").strip() or "hookstream",
             stream_retention_s=_duration_s(env, "HOOKSTREAM_STREAM_RETENTION", 24 * 3600),
             archive_retention_s=_duration_s(env, "HOOKSTREAM_ARCHIVE_RETENTION", 30 * 86400),
+            events_retention_s=_duration_s(env, "HOOKSTREAM_EVENTS_RETENTION", 400 * 86400),
+            dedupe_horizon_s=_duration_s(env, "HOOKSTREAM_DEDUPE_HORIZON", 90 * 86400),
+            status_retention_s=_duration_s(env, "HOOKSTREAM_STATUS_RETENTION", 400 * 86400),
+            consent_evidence_retention_s=_duration_s(env, "HOOKSTREAM_CONSENT_EVIDENCE_RETENTION", 5 * 365 * 86400),
             default_region=(env.get("HOOKSTREAM_DEFAULT_REGION", "").strip().upper() or None),
             gatewayapi_keywords=frozenset(k.strip().casefold() for k in keywords.split(",") if k.strip()),
             batch_size=_int(env, "HOOKSTREAM_BATCH_SIZE", 500, minimum=1),

@@ -17,7 +17,7 @@ import redis
 from hookstream.embedded import PostgresServer, RedisServer
 from hookstream.migrate import migrate
 
-TABLES = ("events", "message_status", "consent", "consent_changes", "dead_letters", "raw_archive", "review_decisions")
+TABLES = ("events", "event_keys", "message_status", "consent", "consent_changes", "dead_letters", "raw_archive", "review_decisions")
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,11 @@ class EventRow(NamedTuple):
     normalizer_version: Int4
 
 
+class KeyRow(NamedTuple):
+    dedupe_key: Text
+    received_at: Timestamptz  # the first delivery's, where the event's row lives
+
+
 class StatusRow(NamedTuple):
     provider: Text
     message_ref: Text
@@ -105,7 +110,8 @@ class ArchiveRow(NamedTuple):
 
 
 TABLES: dict[str, type[Any]] = {
-    "events": EventRow, "message_status": StatusRow, "dead_letters": DeadRow, "raw_archive": ArchiveRow,
+    "events": EventRow, "event_keys": KeyRow, "message_status": StatusRow, "dead_letters": DeadRow,
+    "raw_archive": ArchiveRow,
 }
 
 
@@ -131,19 +137,33 @@ ARCHIVE_COLUMNS = ArchiveRow._fields
 REPLAYED_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("dedupe_key", "received_at", "stream_id")]
 
 EVENTS_INSERT = _insert("events")
-# Only the events this delivery stored first are new signals: a redelivery is not (design §2, side effects once).
-EVENTS_LIVE_SQL = EVENTS_INSERT + " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
-# A replay applies each event at its first delivery's receive time, never at the replayed entry's.
-FIRST_SEEN_SQL = "SELECT dedupe_key, received_at FROM events WHERE dedupe_key = ANY(%b::text[])"
+# Dedupe first: a key event_keys did not hold is an event this delivery stores first, the only kind
+# that is a new signal (design §2, side effects once). events is partitioned by week and holds no
+# unique key; the keys live in event_keys for HOOKSTREAM_DEDUPE_HORIZON.
+KEYS_SQL = _insert("event_keys") + " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
+# Only the events of new keys are inserted. On the partitioned table ON CONFLICT has nothing to arbitrate;
+# on the unpartitioned one of an online conversion not yet swapped (hookstream/convert_events.py), its
+# unique key still skips an old event whose key event_keys has not been filled with yet: only the keys
+# both statements return are stored first.
+EVENTS_LIVE_SQL = EVENTS_INSERT + " ON CONFLICT DO NOTHING RETURNING dedupe_key"
+# A replay applies each event at its first delivery's receive time, never at the replayed entry's;
+# that time is also the partition its stored row lives in.
+# Whether the row is there too: a key whose event is missing (written off by hand) is stored again.
+FIRST_SEEN_SQL = (
+    "SELECT k.dedupe_key, k.received_at, EXISTS (SELECT 1 FROM events e WHERE e.received_at = k.received_at"
+    " AND e.dedupe_key = k.dedupe_key) FROM event_keys k WHERE k.dedupe_key = ANY(%b::text[])"
+)
 EVENTS_REPLAY_SQL = (
-    EVENTS_INSERT
-    + " ON CONFLICT (dedupe_key) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in REPLAYED_COLUMNS)
-    + ", updated_at = now() WHERE ("
-    + ", ".join(f"events.{c}" for c in REPLAYED_COLUMNS)
+    "UPDATE events AS e SET "
+    + ", ".join(f"{c} = u.{c}" for c in REPLAYED_COLUMNS)
+    + ", updated_at = now() FROM unnest("
+    + ", ".join(f"%b::{sql_type}[]" for _, sql_type in spec(EventRow))
+    + f") AS u({', '.join(EVENT_COLUMNS)})"
+    " WHERE e.received_at = u.received_at AND e.dedupe_key = u.dedupe_key AND ("
+    + ", ".join(f"e.{c}" for c in REPLAYED_COLUMNS)
     + ") IS DISTINCT FROM ("
-    + ", ".join(f"excluded.{c}" for c in REPLAYED_COLUMNS)
-    + ") RETURNING (xmax = 0)"  # true: inserted, false: updated
+    + ", ".join(f"u.{c}" for c in REPLAYED_COLUMNS)
+    + ") RETURNING e.dedupe_key"
 )
 
 STATUS_KEY = ("provider", "message_ref", "recipient")
@@ -271,11 +291,42 @@ def unique_events(entries: list[Entry]) -> list[tuple[Event, Arrival]]:
     return [seen[key] for key in sorted(seen)]
 
 
-def _at_first_delivery(cur: psycopg.Cursor[Any], items: list[tuple[Event, Arrival]]) -> list[tuple[Event, Arrival]]:
-    """Each event with the receive time of its first delivery, where it is already stored."""
-    first = dict(cur.execute(FIRST_SEEN_SQL, ([event.dedupe_key for event, _ in items],)).fetchall())
-    return [(event, arrival._replace(received_at=first.get(event.dedupe_key, arrival.received_at)))
-            for event, arrival in items]
+def _at_first_delivery(cur: psycopg.Cursor[Any], items: list[tuple[Event, Arrival]]
+                       ) -> tuple[list[tuple[Event, Arrival]], dict[str, bool]]:
+    """Each event with the receive time of its first delivery where its key is stored; and for each
+    stored key, whether its event's row is there."""
+    found = cur.execute(FIRST_SEEN_SQL, ([event.dedupe_key for event, _ in items],)).fetchall()
+    first = {key: at for key, at, _ in found}
+    return ([(event, arrival._replace(received_at=first.get(event.dedupe_key, arrival.received_at)))
+             for event, arrival in items], {key: bool(there) for key, _, there in found})
+
+
+def _store_new(cur: psycopg.Cursor[Any], items: list[tuple[Event, Arrival]]) -> set[str]:
+    """Claim the items' keys, insert the events of the keys claimed now; returns the keys stored first."""
+    if not items:
+        return set()
+    claimed = cur.execute(KEYS_SQL, ([event.dedupe_key for event, _ in items],
+                                     [arrival.received_at for _, arrival in items])).fetchall()
+    fresh = {row[0] for row in claimed}
+    rows = [_event_row(event, arrival) for event, arrival in items if event.dedupe_key in fresh]
+    if not rows:
+        return set()
+    return {row[0] for row in cur.execute(EVENTS_LIVE_SQL, _columns(rows, len(EVENT_COLUMNS)))}
+
+
+def _replay(cur: psycopg.Cursor[Any], items: list[tuple[Event, Arrival]], result: WriteResult
+            ) -> list[tuple[Event, Arrival]]:
+    """Stored events updated in place (found by first receive time and key), others stored; returns
+    every item at its first delivery's time: a replay's signals are all of them."""
+    items, known = _at_first_delivery(cur, items)
+    result.inserted = len(_store_new(cur, [item for item in items if item[0].dedupe_key not in known]))
+    missing = [_event_row(event, arrival) for event, arrival in items if known.get(event.dedupe_key) is False]
+    if missing:
+        result.inserted += len(cur.execute(EVENTS_LIVE_SQL, _columns(missing, len(EVENT_COLUMNS))).fetchall())
+    rows = [_event_row(event, arrival) for event, arrival in items if known.get(event.dedupe_key)]
+    if rows:
+        result.updated = len(cur.execute(EVENTS_REPLAY_SQL, _columns(rows, len(EVENT_COLUMNS))).fetchall())
+    return items
 
 
 def status_winners(items: list[tuple[Event, Arrival]]) -> list[Row]:
@@ -319,16 +370,11 @@ def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: boo
     items = unique_events(entries)
     with conn.cursor() as cur:
         if items:
-            rows = [_event_row(event, record) for event, record in items]
-            result.events = len(rows)
+            result.events = len(items)
             if replay:
-                items = _at_first_delivery(cur, items)
-                written = [row[0] for row in cur.execute(EVENTS_REPLAY_SQL, _columns(rows, len(EVENT_COLUMNS)))]
-                result.inserted, result.updated = written.count(True), written.count(False)
-                signals = items
+                signals = _replay(cur, items, result)
             else:
-                cur.execute(EVENTS_LIVE_SQL, _columns(rows, len(EVENT_COLUMNS)))
-                stored = {row[0] for row in cur}
+                stored = _store_new(cur, items)
                 result.inserted = len(stored)
                 signals = [item for item in items if item[0].dedupe_key in stored]
             statuses = status_winners(signals)

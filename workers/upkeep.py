@@ -1,7 +1,8 @@
 """What the dispatcher does besides reading: a table of (every_s, task) rows and one small scheduler.
 
 The rows are its own reclaim and gauges (passed in: they belong to the consumer), trimming the
-stream, publishing the consent feed, and the raw archive's partitions. Each task is a plain
+stream, publishing the consent feed, the raw archive's and the events' partitions, and the retention of
+the tables that are not partitioned by time (workers/retention.py). Each task is a plain
 function or method; the scheduler only decides which are due, so it is tested with a fake clock.
 """
 
@@ -20,12 +21,19 @@ from shared import connections
 from shared.settings import Settings
 from shared.streamids import id_to_tuple
 from workers import archive, publisher
+from workers.event_partitions import EVENTS
+from workers.retention import Retention
 
 log = logging.getLogger("hookstream.upkeep")
 
 TRIM_EVERY_S = 60.0
 PUBLISH_EVERY_S = 1.0
 ARCHIVE_EVERY_S = 3600.0
+EVENTS_PARTITIONS_EVERY_S = 3600.0
+# Keys expire at the rate they are made: small rounds often, each bounded (workers/retention.py).
+KEYS_RETENTION_EVERY_S = 15.0
+STATUS_RETENTION_EVERY_S = 3600.0
+EVIDENCE_RETENTION_EVERY_S = 86400.0
 
 Task = Callable[[], object]
 Clock = Callable[[], float]
@@ -135,8 +143,10 @@ class ConsentFeed:
 # -- the table ------------------------------------------------------------------------------------
 
 
-def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task, observe: Task) -> list[Row]:
+def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task, observe: Task,
+          retention: Retention | None = None) -> list[Row]:
     """The rows, in the order they run when several are due."""
+    retention = retention or Retention(settings)
     # Several looks per visibility timeout, so an entry waits little past it; at most one a second.
     reclaim_every_s = max(1.0, settings.visibility_timeout_s / 4)
     return [
@@ -146,6 +156,11 @@ def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task,
         Row(PUBLISH_EVERY_S, feed.publish),
         Row(ARCHIVE_EVERY_S, partial(archive.maintain_url, settings.database_url_or_default(),
                                      settings.archive_retention_s)),
+        Row(EVENTS_PARTITIONS_EVERY_S, partial(EVENTS.maintain_url, settings.database_url_or_default(),
+                                               settings.events_retention_s)),
+        Row(KEYS_RETENTION_EVERY_S, retention.event_keys),
+        Row(STATUS_RETENTION_EVERY_S, retention.statuses),
+        Row(EVIDENCE_RETENTION_EVERY_S, retention.consent_evidence),
     ]
 
 
@@ -155,13 +170,16 @@ class Upkeep:
     def __init__(self, settings: Settings, redis: Redis, *, reclaim: Task, observe: Task,
                  clock: Clock = time.monotonic) -> None:
         self.feed = ConsentFeed(settings, redis)
-        self.schedule = Schedule(table(settings, redis, self.feed, reclaim=reclaim, observe=observe), clock)
+        self.retention = Retention(settings)
+        self.schedule = Schedule(table(settings, redis, self.feed, reclaim=reclaim, observe=observe,
+                                       retention=self.retention), clock)
 
     def run_due(self) -> int:
         return self.schedule.run_due()
 
     def close(self) -> None:
         self.feed.close()
+        self.retention.close()
 
     def __enter__(self) -> Upkeep:
         return self

@@ -1,0 +1,118 @@
+"""Range partitions by time, made ahead and dropped whole behind: the raw archive's days, the events' weeks.
+
+A partition is named `<table>_YYYYMMDD` after its first UTC day and covers `days` days (a week
+starts on Monday). Only partitions from the current one on are created ahead; older ones are made
+only on purpose (`create_range`, for a conversion's old rows). A partition is never created over
+rows the default partition already holds for its range (that would fail): those rows stay in the
+default, which is pruned by a DELETE of what is past the retention. Several processes may run this
+at once: an advisory lock per table makes them take turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger("hookstream.partitions")
+
+LIST_SQL = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s")
+
+
+@dataclass(frozen=True, slots=True)
+class TimePartitions:
+    table: str  # the partitioned table
+    days: int  # 1: a partition per day; 7: per ISO week
+    ahead: int  # partitions made ahead of the current one
+    default: str  # its default partition
+    prefix: str = ""  # of the partitions' names, when not the table's (a table made to be renamed)
+
+    @property
+    def lock_id(self) -> int:
+        return zlib.crc32(f"partitions:{self.table}".encode())
+
+    def start_of(self, day: date) -> date:
+        """The first day of the partition holding `day`."""
+        return day - timedelta(days=day.weekday()) if self.days == 7 else day
+
+    def name(self, start: date) -> str:
+        return f"{self.prefix or self.table}_{start:%Y%m%d}"
+
+    def start_in(self, name: str) -> date | None:
+        """The first day of a partition by its name; None for the default or anything else."""
+        found = re.fullmatch(rf"{re.escape(self.prefix or self.table)}_(\d{{8}})", name)
+        return datetime.strptime(found.group(1), "%Y%m%d").date() if found else None
+
+    def plan(self, existing: set[str], today: date, retention_days: int) -> tuple[list[date], list[str]]:
+        """(starts to create, partitions to drop): pure. A partition goes when its last day is past the
+        retention, so rows are kept at least `retention_days` and at most a partition longer."""
+        first = self.start_of(today)
+        starts = [first + timedelta(days=self.days * n) for n in range(self.ahead + 1)]
+        create = [start for start in starts if self.name(start) not in existing]
+        oldest_kept = today - timedelta(days=retention_days)
+        drop = sorted(name for name in existing if (start := self.start_in(name)) is not None
+                      and start + timedelta(days=self.days) <= oldest_kept)
+        return create, drop
+
+    def is_partitioned(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (self.table,)).fetchone()
+        return row is not None and row[0] == "p"
+
+    def existing(self, conn: psycopg.Connection[Any]) -> set[str]:
+        return {row[0] for row in conn.execute(LIST_SQL, (self.table,))}
+
+    def create(self, conn: psycopg.Connection[Any], start: date) -> bool:
+        """Make the partition starting `start`, unless the default holds rows of its range (logged)."""
+        low = datetime.combine(start, datetime.min.time(), UTC)
+        high = low + timedelta(days=self.days)
+        held = conn.execute(f"SELECT 1 FROM {self.default} WHERE received_at >= %s AND received_at < %s LIMIT 1",
+                            (low, high)).fetchone()
+        if held:
+            log.error("%s: rows of %s..%s are in %s; that partition is not made", self.table, low.date(),
+                      high.date(), self.default)
+            return False
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {self.name(start)} PARTITION OF {self.table}"
+                     f" FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')")
+        return True
+
+    def create_range(self, conn: psycopg.Connection[Any], first: datetime, last: datetime) -> int:
+        """Every partition from the one holding `first` to the one holding `last`; returns how many."""
+        made, start, existing = 0, self.start_of(first.astimezone(UTC).date()), self.existing(conn)
+        while start <= last.astimezone(UTC).date():
+            if self.name(start) not in existing and self.create(conn, start):
+                made += 1
+            start += timedelta(days=self.days)
+        return made
+
+    def maintain(self, conn: psycopg.Connection[Any], retention_s: int,
+                 now: datetime | None = None) -> tuple[int, int]:
+        """Create the coming partitions and drop the expired ones; returns (created, dropped)."""
+        now = now or datetime.now(UTC)
+        retention_days = max(1, retention_s // 86400)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
+            if not self.is_partitioned(conn):  # not yet converted (hookstream migrate does it)
+                return 0, 0
+            create, drop = self.plan(self.existing(conn), now.date(), retention_days)
+            created = sum(self.create(conn, start) for start in create)
+            for name in drop:
+                conn.execute(f"DROP TABLE {name}")
+            cutoff = datetime.combine(now.date() - timedelta(days=retention_days), datetime.min.time(), UTC)
+            conn.execute(f"DELETE FROM {self.default} WHERE received_at < %s", (cutoff,))
+        if created or drop:
+            log.info("%s: %d partition(s) created, %d dropped", self.table, created, len(drop))
+        return created, len(drop)
+
+    def maintain_url(self, database_url: str, retention_s: int) -> None:
+        """`maintain` on a connection of its own; trouble is logged, never raised (it runs again later)."""
+        try:
+            with psycopg.connect(database_url, connect_timeout=5) as conn:
+                self.maintain(conn, retention_s)
+        except psycopg.Error as exc:
+            log.warning("%s partition upkeep failed, will retry: %s", self.table, type(exc).__name__)
