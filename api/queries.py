@@ -55,9 +55,11 @@ REVIEW_SQL = (
     "SELECT id, event_key, provider, subject, scope, body, keyword, occurred_at, received_at"
     " FROM consent_review WHERE id > %s ORDER BY id LIMIT %s"
 )
+# Only a queued event can be decided: the condition lets events_review_key (partial) find it in
+# each weekly partition without reading the others.
 EVENT_SQL = (
     "SELECT provider, phone, scope, keyword, keyword_outcome, occurred_at, received_at"
-    " FROM events WHERE dedupe_key = %s"
+    " FROM events WHERE dedupe_key = %s AND keyword_outcome = 'possible_opt_out'"
 )
 DECIDE_SQL = (
     "INSERT INTO review_decisions (event_key, decision, decided_by) VALUES (%s, %s, %s)"
