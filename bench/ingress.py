@@ -14,6 +14,12 @@ Figures:
   bench/payloads.py, in its own process): requests/s and p50/p99/p99.9 for the mixed payload set
   (several interleaved rounds, median reported) and for each provider's payloads;
 - `appendfsync everysec` against `always` (the same Redis, switched with CONFIG SET between runs);
+- acknowledgements on two machines: a second `hookstream ingress` with HOOKSTREAM_APPEND_REPLICAS=1
+  (WAIT after each round trip's XADDs) against the first (0), interleaved rounds, while a local
+  replica (redis-server, no persistence of its own) follows the same Redis; attached only for
+  these runs, so that it costs the other figures nothing. On one machine the replica shares its
+  cores with everything else and its link has no network delay: the ratio is the cost of WAIT's
+  extra hop and of feeding a replica here, not across a network;
 - open loop at a fixed rate (bench/loadgen.py, latency from each request's intended send time);
 - the ratios against the targets (≥ 0.8× the ceiling's throughput, p99 ≤ 1.5× the ceiling's,
   ≥ 4× the naive design's throughput).
@@ -65,6 +71,9 @@ class Servers:
         self.naive_pool = naive_pool
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
+        self.replica_dir = Path(tempfile.mkdtemp(prefix="hookstream-bench-replica-"))
+        self.replica_proc: subprocess.Popen[bytes] | None = None
+        self.replica_attached = False
 
     def __enter__(self) -> Servers:
         self.redis_server.start()
@@ -74,9 +83,18 @@ class Servers:
         self.redis.config_set("auto-aof-rewrite-percentage", 0)
         env = bench_env(self.redis_server.url)
         self.stream = Settings.from_env(env).stream
-        self.ports = {name: free_port() for name in ("hookstream", "ceiling", "naive")}
+        self.ports = {name: free_port() for name in ("hookstream", "hookstream_replicas1", "ceiling", "naive", "replica")}
         self.procs["hookstream"] = hookstream(["ingress", "--host", "127.0.0.1", "--port", str(self.ports["hookstream"])],
                                               env)
+        # The same ingress, acknowledging only what one replica confirmed (used while the replica follows).
+        self.procs["hookstream_replicas1"] = hookstream(
+            ["ingress", "--host", "127.0.0.1", "--port", str(self.ports["hookstream_replicas1"])],
+            {**env, "HOOKSTREAM_APPEND_REPLICAS": "1"})
+        self.replica_proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.ports["replica"]), "--bind", "127.0.0.1", "--dir", str(self.replica_dir),
+             "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
+             "--logfile", str(self.replica_dir / "redis.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.replica = Redis(port=self.ports["replica"])
         apps = [sys.executable, "-m", "bench.apps"]
         self.procs["ceiling"] = subprocess.Popen(apps + ["ceiling", "--port", str(self.ports["ceiling"])], cwd=ROOT)
         self.procs["naive"] = subprocess.Popen(apps + ["naive", "--port", str(self.ports["naive"]), "--database-url",
@@ -86,10 +104,29 @@ class Servers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stop_children(self.procs.values())
+        stop_children([*self.procs.values(), *([self.replica_proc] if self.replica_proc else [])])
+        shutil.rmtree(self.replica_dir, ignore_errors=True)
         self.redis_server.stop()
         shutil.rmtree(self.redis_server.data_dir, ignore_errors=True)  # its AOF grows to hundreds of MB
         self.postgres.remove()
+
+    def attach_replica(self) -> None:
+        """The replica follows the benchmark's Redis; returns once a write reached it."""
+        self.redis.config_set("repl-diskless-sync-delay", 0)
+        self.replica.replicaof("127.0.0.1", self.redis_server.port)
+        deadline = time.monotonic() + 60
+        while True:
+            self.redis.incr("hookstream:bench:replica-check")
+            if self.redis.execute_command("WAIT", 1, 1000) >= 1:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not catch up within 60 s")
+        self.replica_attached = True
+
+    def detach_replica(self) -> None:
+        self.replica.replicaof("NO", "ONE")
+        self.replica.flushall()
+        self.replica_attached = False
 
     def appendfsync(self, mode: str) -> None:
         self.redis.config_set("appendfsync", mode)
@@ -126,14 +163,15 @@ class IngressBench:
         return self._requests[payload]
 
     def closed(self, target: str, payload: str, duration: float, connections: int | None = None) -> dict[str, Any]:
-        """One closed-loop run against `target` (hookstream, hookstream_everysec, ceiling, naive)."""
-        server = "hookstream" if target.startswith("hookstream") else target
+        """One closed-loop run against `target` (hookstream, hookstream_everysec, hookstream_replicas1, ceiling,
+        naive)."""
+        server = self.server(target)
         connections = connections or self.connections
-        if server == "hookstream":
+        if server.startswith("hookstream"):
             self.s.appendfsync("everysec" if target.endswith("everysec") else "always")
             self.s.reset()
         before = self.s.naive_rows() if server == "naive" else 0
-        meter = CpuMeter({"server": self.s.procs[server].pid, "redis": self.s.redis_server.proc.pid})  # type: ignore[union-attr]
+        meter = CpuMeter(self.pids(server))
         if self.generator == "wrk":
             result = wrk.run_wrk(self.s.ports[server], self.requests(payload), duration, connections)
         else:
@@ -141,18 +179,30 @@ class IngressBench:
         result["cpu"] = meter.stop()
         result["server_cpu_us_per_request"] = round(1e6 * result["cpu"]["server_cores"] / result["rps"], 1) \
             if result["rps"] else None
-        if server == "hookstream":
+        if server.startswith("hookstream"):
             result["stored"] = int(self.s.redis.xlen(self.s.stream))  # every 200 must be in the stream
+            if self.s.replica_attached:  # with replicas=1, every 200 must be on the replica already
+                result["on_replica"] = int(self.s.replica.xlen(self.s.stream))
         elif server == "naive":
             result["stored"] = self.s.naive_rows() - before
         return result
 
+    def server(self, target: str) -> str:
+        """The process a target runs against: hookstream_everysec is the first ingress, CONFIG SET apart."""
+        return target if target in self.s.procs else "hookstream" if target.startswith("hookstream") else target
+
+    def pids(self, server: str) -> dict[str, int]:
+        pids = {"server": self.s.procs[server].pid, "redis": self.s.redis_server.proc.pid}  # type: ignore[union-attr]
+        if self.s.replica_attached and self.s.replica_proc is not None:
+            pids["replica"] = self.s.replica_proc.pid
+        return pids
+
     def open_loop(self, target: str, rate: float, duration: float) -> dict[str, Any]:
-        server = "hookstream" if target.startswith("hookstream") else target
-        if server == "hookstream":
+        server = self.server(target)
+        if server.startswith("hookstream"):
             self.s.appendfsync("everysec" if target.endswith("everysec") else "always")
             self.s.reset()
-        meter = CpuMeter({"server": self.s.procs[server].pid, "redis": self.s.redis_server.proc.pid})  # type: ignore[union-attr]
+        meter = CpuMeter(self.pids(server))
         proc = subprocess.run([sys.executable, "-m", "bench.loadgen", "--port", str(self.s.ports[server]), "--set",
                                "mixed", "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--connections", "128",
                                "--distinct", str(self.distinct)], capture_output=True, text=True, cwd=ROOT)
@@ -177,7 +227,8 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(*, duration: float = 5.0, rounds: int = 3, provider_duration: float = 4.0, connections: int = 64,
         high_connections: int = 256, open_rate: float = 1000.0, open_duration: float = 20.0, distinct: int = 2000,
-        naive_pool: int = 32, generator: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
+        naive_pool: int = 32, generator: str = "auto", replica_comparison: bool = True,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
     if generator == "auto":
         generator = "wrk" if wrk.available() else "python"
     results: dict[str, Any] = {
@@ -226,8 +277,41 @@ def run(*, duration: float = 5.0, rounds: int = 3, provider_duration: float = 4.
             log(f"ingress open loop {open_rate:g}/s {target}: p50 {res['latency']['p50_ms']:.2f} ms, "
                 f"p99 {res['latency']['p99_ms']:.2f} ms, p99.9 {res['latency']['p99_9_ms']:.2f} ms")
         servers.appendfsync("always")
+
+        # 5. HOOKSTREAM_APPEND_REPLICAS=1 against 0, a local replica following the same Redis.
+        if replica_comparison:
+            results["replica_acks"] = replicas_vs_none(bench, rounds, duration, open_rate, open_duration, log)
     results["ratios"] = ratios(results)
     return results
+
+
+def replicas_vs_none(bench: IngressBench, rounds: int, duration: float, open_rate: float, open_duration: float,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """Interleaved closed-loop rounds and one open-loop run each of the ingress with
+    HOOKSTREAM_APPEND_REPLICAS=1 and =0, while the replica follows."""
+    bench.s.attach_replica()
+    try:
+        bench.closed("hookstream_replicas1", "mixed", 2.0)  # warm up its connections
+        by_target: dict[str, list[dict[str, Any]]] = {}
+        for i in range(rounds):
+            for target in ("hookstream", "hookstream_replicas1"):
+                run_ = bench.closed(target, "mixed", duration)
+                by_target.setdefault(target, []).append(run_)
+                log(f"ingress replicas round {i + 1}/{rounds} {target}: {run_['rps']:,.0f} req/s, "
+                    f"p99 {run_['latency']['p99_ms']:.1f} ms")
+        open_loop = {}
+        for target in ("hookstream", "hookstream_replicas1"):
+            res = open_loop[target] = bench.open_loop(target, open_rate, open_duration)
+            log(f"ingress replicas open loop {open_rate:g}/s {target}: p50 {res['latency']['p50_ms']:.2f} ms, "
+                f"p99 {res['latency']['p99_ms']:.2f} ms")
+    finally:
+        bench.s.detach_replica()
+    closed = {t: _median_run(r) for t, r in by_target.items()}
+    return {"settings": {"replicas": 1, "replica_timeout_ms": 1000, "replica": "local redis-server, no persistence",
+                         "rounds": rounds, "duration_s": duration, "open_rate": open_rate,
+                         "open_duration_s": open_duration},
+            "closed_loop": {"replicas_0": closed["hookstream"], "replicas_1": closed["hookstream_replicas1"]},
+            "open_loop": {"replicas_0": open_loop["hookstream"], "replicas_1": open_loop["hookstream_replicas1"]}}
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
@@ -260,6 +344,18 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             hs["p99_ms"] - open_["hookstream_everysec"]["latency"]["p99_ms"], 3)
         out["open_loop_always_minus_everysec_p50_ms"] = round(
             hs["p50_ms"] - open_["hookstream_everysec"]["latency"]["p50_ms"], 3)
+    rep = results.get("replica_acks")
+    if rep:  # HOOKSTREAM_APPEND_REPLICAS=1 over 0, same run, same Redis and replica
+        r1, r0 = rep["closed_loop"]["replicas_1"], rep["closed_loop"]["replicas_0"]
+        o1, o0 = rep["open_loop"]["replicas_1"]["latency"], rep["open_loop"]["replicas_0"]["latency"]
+        out["replicas1_vs_0"] = {
+            "throughput": ratio(r1["rps"], r0["rps"]),
+            "p99_closed_loop": ratio(r1["latency"]["p99_ms"], r0["latency"]["p99_ms"]),
+            "p50_closed_loop": ratio(r1["latency"]["p50_ms"], r0["latency"]["p50_ms"]),
+            "server_cpu_per_request": ratio(r1["server_cpu_us_per_request"], r0["server_cpu_us_per_request"]),
+            "p99_open_loop": ratio(o1["p99_ms"], o0["p99_ms"]),
+            "p50_open_loop": ratio(o1["p50_ms"], o0["p50_ms"]),
+        }
     out["targets"] = {"throughput_vs_ceiling": f">= {TARGETS['ceiling']}", "p99_vs_ceiling": f"<= {TARGETS['p99']}",
                       "throughput_vs_naive": f">= {TARGETS['naive']}"}
     return out
@@ -277,6 +373,7 @@ def main() -> int:
     parser.add_argument("--open-duration", type=float, default=20.0)
     parser.add_argument("--naive-pool", type=int, default=32)
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--no-replica", action="store_true", help="skip HOOKSTREAM_APPEND_REPLICAS=1 against 0")
     parser.add_argument("--out", default="bench/out/ingress.json")
     args = parser.parse_args()
     if args.quick:
@@ -284,6 +381,7 @@ def main() -> int:
     results = run(duration=args.duration, rounds=args.rounds, provider_duration=args.provider_duration,
                   connections=args.connections, high_connections=args.high_connections, open_rate=args.open_rate,
                   open_duration=args.open_duration, naive_pool=args.naive_pool, generator=args.generator,
+                  replica_comparison=not args.no_replica,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

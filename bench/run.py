@@ -6,7 +6,8 @@ Each benchmark starts its own redis-server and PostgreSQL (hookstream.embedded),
 processes, and reports each figure next to a baseline measured in the same run on this machine:
 - ingress (bench/ingress.py): `hookstream ingress` against a bare Starlette endpoint (the
   framework's ceiling) and the naive INSERT-per-request design; closed loop with wrk, open loop at
-  a fixed rate with bench/loadgen.py; appendfsync always against everysec;
+  a fixed rate with bench/loadgen.py; appendfsync always against everysec; HOOKSTREAM_APPEND_REPLICAS=1
+  (WAIT, a local replica) against 0;
 - profile (bench/profile_ingress.py): py-spy on the ingress under load, a ladder from the bare
   server to the ingress, and experiments that take one speed choice away (gc.freeze, the direct webhook path);
 - workers (bench/workers.py): the pipeline draining 100,000 records with 1 and 2 worker processes,
@@ -257,6 +258,17 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                          f"always {_ms(ol['hookstream']['latency'])}", "–", "cost report"))
             rows.append(("ingress", "  same, naive design", _ms(ol["naive"]["latency"]),
                          f"hookstream {_ms(ol['hookstream']['latency'])}", "–", "–"))
+        rep = ing.get("replica_acks")
+        if rep:
+            r1, r0 = rep["closed_loop"]["replicas_1"], rep["closed_loop"]["replicas_0"]
+            x = ing["ratios"].get("replicas1_vs_0", {})
+            rows.append(("ingress", "APPEND_REPLICAS=1 (WAIT, local replica), mixed, closed loop",
+                         f"{_n(r1['rps'], 'req/s')}, p99 {r1['latency']['p99_ms']:.1f} ms",
+                         f"replicas=0 {_n(r0['rps'], 'req/s')}, p99 {r0['latency']['p99_ms']:.1f} ms",
+                         f"{_x(x.get('throughput'))} / {_x(x.get('p99_closed_loop'))} (p99)", "cost report"))
+            o1, o0 = rep["open_loop"]["replicas_1"]["latency"], rep["open_loop"]["replicas_0"]["latency"]
+            rows.append(("ingress", f"  same, open loop {rep['settings']['open_rate']:,.0f} req/s", _ms(o1),
+                         f"replicas=0 {_ms(o0)}", _x(x.get("p99_open_loop")) + " (p99)", "cost report"))
     wk = results.get("workers")
     if wk and "pipeline_1" in wk:
         raw = wk["raw_insert"]["rows_per_s"]

@@ -102,7 +102,10 @@ def create_app(settings: Settings, *, redis: Redis | None = None, resolver: Reso
         dns_task = asyncio.create_task(dns.run()) if settings.allowed_ips.get("gatewayapi") is None else None
         log_start_notes(settings)
         metrics = IngressMetrics()
-        appender = Appender(client, settings.stream, on_batch=metrics.append_batch_size.observe)
+        appender = Appender(client, settings.stream, on_batch=metrics.append_batch_size.observe,
+                            replicas=settings.append_replicas,
+                            replica_timeout_ms=settings.append_replica_timeout_ms,
+                            on_replicas=metrics.append_replicas_acked.observe)
         state = State(settings=settings, redis=client, appender=appender, sources=SourcePolicy(settings, dns),
                       clients=ClientAddresses(settings.trusted_proxies), metrics=metrics)
         if freeze_gc:
@@ -138,3 +141,6 @@ def log_start_notes(settings: Settings) -> None:
         log.warning("HOOKSTREAM_GATEWAYAPI_SECRET is shorter than 32 bytes (GatewayAPI lets customers pick it)")
     if settings.local_profile:
         log.warning("local profile: loopback is admitted on every provider route")
+    if settings.append_replicas:
+        log.info("200 only once %d replica(s) confirmed the append (WAIT, up to %d ms; fewer: 503)",
+                 settings.append_replicas, settings.append_replica_timeout_ms)

@@ -167,6 +167,8 @@ class Settings:
     gatewayapi_dns_refresh_s: int = 300
     metrics_allowed_ips: NetList = field(default_factory=lambda: NetList.parse(PRIVATE_AND_LOOPBACK))
     max_body_bytes: int = 64 * 1024
+    append_replicas: int = 0  # replicas that must confirm an append (WAIT) before the ingress answers 200
+    append_replica_timeout_ms: int = 1000  # how long WAIT may take; fewer replicas by then → 503
     key_prefix: str = "hookstream"
     stream_retention_s: int = 24 * 3600
     archive_retention_s: int = 30 * 86400
@@ -226,6 +228,8 @@ class Settings:
                 env.get("HOOKSTREAM_METRICS_ALLOWED_IPS", PRIVATE_AND_LOOPBACK), "HOOKSTREAM_METRICS_ALLOWED_IPS"
             ),
             max_body_bytes=_int(env, "HOOKSTREAM_MAX_BODY_BYTES", 64 * 1024, minimum=1),
+            append_replicas=_int(env, "HOOKSTREAM_APPEND_REPLICAS", 0),
+            append_replica_timeout_ms=_int(env, "HOOKSTREAM_APPEND_REPLICA_TIMEOUT_MS", 1000, minimum=1),
             key_prefix=env.get("HOOKSTREAM_KEY_PREFIX", "hookstream").strip() or "hookstream",
             stream_retention_s=_duration_s(env, "HOOKSTREAM_STREAM_RETENTION", 24 * 3600),
             archive_retention_s=_duration_s(env, "HOOKSTREAM_ARCHIVE_RETENTION", 30 * 86400),
