@@ -39,8 +39,12 @@ def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from hookstream.migrate import migrate
+    from hookstream.migrate import migrate, plan
 
+    if args.plan:
+        print("\n".join(plan(settings.database_url_or_default(), settings.archive_retention_s,
+                              settings.events_retention_s)))
+        return 0
     applied = migrate(settings.database_url_or_default(), settings.archive_retention_s, settings.events_retention_s)
     log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
     return 0
@@ -130,7 +134,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--local-profile", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_ingress)
 
-    sub.add_parser("migrate", help="apply the Postgres migrations").set_defaults(handler=cmd_migrate)
+    p = sub.add_parser("migrate", help="apply the Postgres migrations (and convert events online)")
+    p.add_argument("--plan", action="store_true", help="print what it would do, change nothing")
+    p.set_defaults(handler=cmd_migrate)
     p = sub.add_parser("dispatch", help="read the stream and enqueue batches")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: none)")
     p.set_defaults(handler=cmd_dispatch)

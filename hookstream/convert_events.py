@@ -117,13 +117,14 @@ def plan(conn: psycopg.Connection[Any]) -> list[str]:
     """The conversion's steps for this database, read without changing anything."""
     if conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass('events')").fetchone() != ("r",):
         return []
-    rows, first, last, max_id = conn.execute(
+    rows, first, last, max_id = conn.execute(  # rows: the planner's estimate (-1 before any ANALYZE)
         "SELECT (SELECT reltuples::bigint FROM pg_class WHERE oid = 'events'::regclass),"
         " min(received_at), max(received_at), max(id) FROM events").fetchone() or (0, None, None, 0)
     now = datetime.now(UTC)
     weeks = _weeks(first or now, now + timedelta(weeks=WEEKS_AHEAD))
     return [
-        f"events: convert {max(rows, 0):,} rows (estimate; ids up to {max_id or 0:,}) into weekly partitions",
+        f"events: convert about {rows if rows > 0 else max_id or 0:,} rows (ids up to {max_id or 0:,})"
+        " into weekly partitions",
         f"  make {weeks} weekly partition(s) of events_next from the week of"
         f" {(first or now).date().isoformat()} to {WEEKS_AHEAD} week(s) ahead",
         "  mirror updates and deletes of old rows into events_next (a trigger, until the swap)",
