@@ -90,8 +90,12 @@ class Appender:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
+                # With a WAIT, a round trip lasts as long as the replicas take (the whole timeout when
+                # one is down): everything waiting rides the next one, so a request waits for at most
+                # two round trips however fast requests arrive.
+                size = self._max_batch if self._wait is None else len(self._pending)
+                batch = self._pending[:size]
+                del self._pending[:size]
                 await self._send(batch)
         finally:
             self._drain_task = None

@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 from hookstream.embedded import RedisServer, _wait_for_port, free_port
 from ingress.app import create_app
 from ingress.appender import Appender, ReplicaAckMissing
-from shared.errors import ConfigError
+from shared.errors import ConfigError, StoreUnavailable
 from shared.settings import Settings
 
 BODY = b'{"subscriberId": "s1", "cguid": "c1", "status": "sent", "datetime": "2024-03-25 20:01:58"}'
@@ -266,3 +266,25 @@ def test_replica_settings_are_read() -> None:
 def test_a_bad_replica_setting_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_with_a_replica_down_a_flood_waits_at_most_two_round_trips(
+        pair: tuple[RedisServer, Replica], primary: redis.Redis, replica: Replica) -> None:
+    """3,000 appends arriving while the replica is paused: everything waiting rides the next round trip,
+    so none waits for a queue of round trips (each as long as the WAIT timeout) to drain."""
+    batches: list[int] = []
+
+    async def scenario(appender: Appender) -> list[float]:
+        async def one(i: int) -> float:
+            await asyncio.sleep(i * 0.00025)  # arriving over 0.75 s, across round trips
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await appender.append({b"n": str(i).encode()})
+            return time.monotonic() - started
+
+        return await asyncio.gather(*(one(i) for i in range(3000)))
+
+    replica.pause()
+    waited = run(pair[0].url, scenario, replicas=1, replica_timeout_ms=TIMEOUT_MS, on_batch=batches.append)
+    assert max(waited) < 2 * TIMEOUT_MS / 1000 + 0.5, max(waited)  # type: ignore[type-var]
+    assert len(batches) <= 4, batches
