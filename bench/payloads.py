@@ -89,10 +89,11 @@ def _gwapi_event(i: int, rng: random.Random) -> tuple[str, str, str, bytes, byte
 MAKERS = (_cm_mo, _cm_status, _cm_event, _smsmode_status, _smsmode_mo, _mx2, _gwapi_dlr, _gwapi_mo, _gwapi_event)
 
 
-def records(count: int, seed: int = 7, start_ms: int = 1_790_000_000_000) -> Iterator[RawRecord]:
+def records(count: int, seed: int = 7, start_ms: int = 1_790_000_000_000, first: int = 0) -> Iterator[RawRecord]:
+    """`count` records; `first`: the number of the first, so that runs can make ids never used before."""
     rng = random.Random(seed)
-    for i in range(count):
+    for i in range(first, first + count):
         provider, feed, content_type, body, query = MAKERS[i % len(MAKERS)](i, rng)
         yield RawRecord(provider=provider, feed=feed, method="GET" if query else "POST", query=query,
                         content_type=content_type, headers={"content-type": content_type} if content_type else {},
-                        client="127.0.0.1", received_at_ms=start_ms + i, body=body)
+                        client="127.0.0.1", received_at_ms=start_ms + i - first, body=body)

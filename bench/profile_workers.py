@@ -131,7 +131,7 @@ def write_timings(entries: list[Entry], rounds: int) -> dict[str, Any]:
         with psycopg.connect(postgres.url) as conn:
             for _ in range(rounds):
                 with conn.transaction():
-                    conn.execute("TRUNCATE events, message_status, consent, consent_changes, dead_letters, raw_archive")
+                    conn.execute("TRUNCATE events, event_keys, message_status, consent, consent_changes, dead_letters, raw_archive")
                 gc.collect()
                 cpu, wall = time.process_time(), time.perf_counter()
                 for batch in batches(entries):

@@ -16,7 +16,9 @@ processes, and reports each figure next to a baseline measured in the same run o
 - replay (bench/replay.py): `workers.replay.replay` over 100,000 entries against the live pipeline;
 - e2e (bench/e2e.py): ack-to-commit lag at a steady 1,000 req/s for 60 s through every process;
 - consent (bench/consent.py): the consent API's bulk check of 100,000 subjects, beside one query per subject;
-- dashboard (bench/dashboard.py): the dashboard's page and data endpoints over 1,000,000 events.
+- dashboard (bench/dashboard.py): the dashboard's page and data endpoints over 1,000,000 events;
+- postgres_growth (bench/postgres_growth.py): the worker on an empty database, then on one pre-filled
+  with 10,000,000 events: events/s, ingest-to-commit p99, Postgres CPU per entry, bytes per event.
 `--quick` shrinks every size (about 3 minutes in all). Benchmarks report; nothing is asserted.
 The exit code is non-zero only when a benchmark could not run.
 """
@@ -40,7 +42,8 @@ import orjson
 
 from bench.common import ROOT, load_average
 
-BENCHMARKS = ("ingress", "profile", "workers", "worker_profile", "replay", "e2e", "consent", "dashboard")
+BENCHMARKS = ("ingress", "profile", "workers", "worker_profile", "replay", "e2e", "consent", "dashboard",
+              "postgres_growth")
 
 
 def log(line: str) -> None:
@@ -138,7 +141,8 @@ def sizes(quick: bool) -> dict[str, dict[str, Any]]:
                 "replay": {"records": 20_000},
                 "e2e": {"rate": 1000.0, "duration": 15.0, "warmup": 3.0},
                 "consent": {"count": 20_000, "people": 60_000, "per_subject_count": 2_000, "repeat": 1},
-                "dashboard": {"events": 100_000, "runs": 5}}
+                "dashboard": {"events": 100_000, "runs": 5},
+                "postgres_growth": {"records_n": 20_000, "prefill_n": 1_000_000, "rate": 1000.0, "paced_s": 10.0}}
     return {"ingress": {"duration": 5.0, "rounds": 3, "provider_duration": 3.0, "open_duration": 15.0},
             "profile": {"duration": 6.0, "ladder_duration": 4.0, "rounds": 3},
             "workers": {"records": 100_000, "workers": (1, 2), "per_webhook": 2000},
@@ -146,7 +150,8 @@ def sizes(quick: bool) -> dict[str, dict[str, Any]]:
             "replay": {"records": 100_000},
             "e2e": {"rate": 1000.0, "duration": 60.0, "warmup": 5.0},
             "consent": {"count": 100_000, "people": 300_000, "per_subject_count": 20_000, "repeat": 3},
-            "dashboard": {"events": 1_000_000, "runs": 20}}
+            "dashboard": {"events": 1_000_000, "runs": 20},
+            "postgres_growth": {"records_n": 100_000, "prefill_n": 10_000_000, "rate": 2000.0, "paced_s": 20.0}}
 
 
 def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +190,9 @@ def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
     if name == "dashboard":  # the dashboard's page and data endpoints over many events (bench/dashboard.py)
         from bench import dashboard
         return dashboard.run(**params)
+    if name == "postgres_growth":  # the worker on an empty and on a pre-filled database (bench/postgres_growth.py)
+        from bench import postgres_growth
+        return postgres_growth.run(log=log, **params)
     raise ValueError(name)
 
 
@@ -347,6 +355,19 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                              f"{db['cached'][path]['p50_ms']} / {db['cached'][path]['p95_ms']} ms",
                              f"uncached {db['uncached'][path]['p50_ms']} / {db['uncached'][path]['p95_ms']} ms",
                              "–", "< 200 ms"))
+    pg = results.get("postgres_growth")
+    if pg and "ratios" in pg:
+        e, p, r = pg["empty"], pg["prefilled"], pg["ratios"]
+        rows.append(("postgres_growth", f"1 worker process, {pg['prefill']['events']:,} events pre-filled",
+                     _n(p["drain"]["events_per_s"], "events/s"), f"empty {_n(e['drain']['events_per_s'], 'events/s')}",
+                     _x(r["events_per_s_prefilled_vs_empty"]), "≥ 0.8×"))
+        rows.append(("postgres_growth", f"  ingest-to-commit p99 at {pg['settings']['rate']:,.0f} entries/s",
+                     f"{p['paced']['ingest_to_commit_ms']['p99']} ms",
+                     f"empty {e['paced']['ingest_to_commit_ms']['p99']} ms", _x(r["p99_prefilled_vs_empty"]), "–"))
+        rows.append(("postgres_growth", "  Postgres CPU µs per entry / bytes on disk per event",
+                     f"{p['drain']['cpu_us_per_entry']['postgres']:.0f} µs / {pg['prefill']['disk']['bytes_per_event']} B",
+                     f"empty {e['drain']['cpu_us_per_entry']['postgres']:.0f} µs / {e['disk']['bytes_per_event']} B",
+                     _x(r["postgres_cpu_us_prefilled_vs_empty"]), "–"))
     for name in BENCHMARKS:
         if isinstance(results.get(name), dict) and "error" in results[name]:
             rows.append((name, "did not run", results[name]["error"].splitlines()[-1][:80], "–", "–", "–"))

@@ -37,7 +37,7 @@ from workers.dispatch import Dispatcher
 from workers.normalize import normalize_entries
 from workers.store import EVENT_COLUMNS, EVENTS_INSERT, _columns, _event_row, unique_events
 
-TABLES = "events, message_status, consent, consent_changes, dead_letters"
+TABLES = "events, event_keys, message_status, consent, consent_changes, dead_letters"
 
 
 def fill(redis: Redis, stream: str, count: int) -> None:
