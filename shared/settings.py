@@ -174,7 +174,7 @@ class Settings:
     archive_retention_s: int = 30 * 86400
     events_retention_s: int = 400 * 86400  # events live in weekly partitions, dropped whole past this
     dedupe_horizon_s: int = 90 * 86400  # how long a dedupe key stops a redelivery: past any provider's retries
-    status_retention_s: int = 400 * 86400  # final message_status rows, by the day of their status
+    status_retention_s: int = 400 * 86400  # final message_status rows, by when we received their status
     consent_evidence_retention_s: int = 5 * 365 * 86400  # consent_changes; consent itself is never dropped
     default_region: str | None = None
     gatewayapi_keywords: frozenset[str] = frozenset()

@@ -4,9 +4,10 @@
   the dedupe key alone, and a partitioned table's unique key must hold the partition key. Deleting a
   horizon's far edge costs as many deletes as inserts, done here in batches of ctids found by
   event_keys_received_at (an index that only grows on its right edge).
-- message_status: final rows (delivered, failed, expired, rejected) whose status day is past
-  HOOKSTREAM_STATUS_RETENTION, found by message_status_day (the deliverability view's own index).
-  A row still in flight stays; a late report about a deleted message makes it again.
+- message_status: final rows (delivered, failed, expired, rejected) whose status we received longer
+  ago than HOOKSTREAM_STATUS_RETENTION, found by message_status_final_received (partial: final rows
+  only). Our receive time, not the provider's: a report that arrives today about an old message is
+  kept. A row still in flight stays; a late report about a deleted message makes it again.
 - consent_changes past HOOKSTREAM_CONSENT_EVIDENCE_RETENTION, except the change that set a
   subject's current state, the evidence of what `consent` says. `consent` is never deleted.
 
@@ -33,9 +34,8 @@ BUDGET_S = 0.25
 KEYS_SQL = ("DELETE FROM event_keys WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM event_keys WHERE received_at < %s LIMIT %s))")
 STATUS_SQL = (
-    "DELETE FROM message_status WHERE ctid = ANY(ARRAY(SELECT ctid FROM message_status"
-    " WHERE ((coalesce(status_at, received_at) AT TIME ZONE 'UTC')::date) < %s"  # message_status_day's expression
-    " AND status IN ('delivered', 'failed', 'expired', 'rejected') LIMIT %s))"
+    "DELETE FROM message_status WHERE ctid = ANY(ARRAY(SELECT ctid FROM message_status WHERE received_at < %s"
+    " AND status IN ('delivered', 'failed', 'expired', 'rejected') LIMIT %s))"  # message_status_final_received
 )
 EVIDENCE_SQL = (
     "DELETE FROM consent_changes WHERE id = ANY(ARRAY(SELECT cc.id FROM consent_changes cc"
@@ -70,7 +70,7 @@ class Retention:
         return self._run("event_keys", KEYS_SQL, cutoff)
 
     def statuses(self, now: datetime | None = None) -> int:
-        cutoff = ((now or datetime.now(UTC)) - timedelta(seconds=self.settings.status_retention_s)).date()
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.settings.status_retention_s)
         return self._run("message_status", STATUS_SQL, cutoff)
 
     def consent_evidence(self, now: datetime | None = None) -> int:

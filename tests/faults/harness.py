@@ -69,7 +69,7 @@ from workers.context import normalize_context
 from workers.normalize import Entry, normalize_entries
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = ("events", "message_status", "consent", "consent_changes", "dead_letters", "raw_archive")
+TABLES = ("events", "event_keys", "message_status", "consent", "consent_changes", "dead_letters", "raw_archive")
 PATHS = {(feed.provider, feed.feed): feed.path for feed in FEEDS}
 UA_PREFIX = "hookstream-faults/"
 START_DEADLINE_S = 90.0  # a process or server started on a busy machine: imports, AOF replay, recovery
