@@ -4,6 +4,11 @@ Routes: GET /v1/consent/{subject}?scope=, POST /v1/consent/check, GET /v1/consen
 POST /v1/consent/review/{event_id}, GET /v1/consent/changes?since=&limit=, GET /openapi.json.
 Every route but /openapi.json needs a bearer token (401 and nothing more otherwise); bad input is
 a 4xx with a JSON reason, never a 500; the database unreachable is a 503.
+
+The lookups (GET /v1/consent/{subject}, POST /v1/consent/check) read through `read_pool`: a streaming
+replica when HOOKSTREAM_DATABASE_READ_URL is set, and then each answer says how far behind the
+primary it may be (api.replica). Everything else — the review queue and its decisions, the changes
+feed, whose order rests on the primary's transaction ids — stays on the primary.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from api import cursor, inputs, queries, review
+from api import cursor, inputs, queries, replica, review
 from api.answers import answer
 from api.auth import ApiTokens, BearerAuth, token_label
 from api.dashboard import PUBLIC_PATHS, Dashboard
@@ -48,7 +53,12 @@ SHOWN_INVALID = 20  # invalid subjects listed in a 422 of the bulk check
 class State(TypedDict):
     settings: Settings
     pool: AsyncConnectionPool[Any]
+    read_pool: AsyncConnectionPool[Any]  # the lookups' pool: `pool` itself unless a replica is set
     classifier: Classifier
+
+
+def _lag_headers(state: State, lag: float | None) -> dict[str, str] | None:
+    return {replica.LAG_HEADER: replica.shown(lag)} if state["read_pool"] is not state["pool"] else None
 
 
 def _state(request: Request) -> State:
@@ -81,11 +91,17 @@ async def lookup(request: Request) -> Response:
     except InvalidSubject as exc:
         raise invalid(f"subject: {exc}") from None
     forms = scope_forms(scope, state["settings"].default_region) if scope is not None else None
-    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+    async with state["read_pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        lag = await _lag(state, conn)
         rows = await queries.subject_rows(conn, subject.value)
         if not rows and not subject.phone and not await queries.seen_as_person(conn, subject.value):
             raise invalid(f"subject: {subject.reason}")
-    return JSONResponse(answer(subject.value, rows, forms).as_json())
+    return JSONResponse(answer(subject.value, rows, forms).as_json(), headers=_lag_headers(state, lag))
+
+
+async def _lag(state: State, conn: psycopg.AsyncConnection[Any]) -> float | None:
+    """Measured before the read (api.replica); nothing asked when the reads go to the primary."""
+    return await replica.lag_s(conn) if state["read_pool"] is not state["pool"] else None
 
 
 async def check(request: Request) -> Response:
@@ -101,7 +117,8 @@ async def check(request: Request) -> Response:
                       count=len(refused))
     forms = scope_forms(body.scope, state["settings"].default_region) if body.scope is not None else None
     values = [s.value for s in subjects]
-    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+    async with state["read_pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        lag = await _lag(state, conn)
         states = await queries.bulk_states(conn, values, [s.phone for s in subjects], forms)
     unknown_ids = [{"index": i, "subject": body.subjects[i][:80], "reason": subjects[i].reason}
                    for i, value in enumerate(states) if value == queries.INVALID]
@@ -109,7 +126,8 @@ async def check(request: Request) -> Response:
         raise invalid(f"{len(unknown_ids)} subject(s) are neither a phone number nor a known id",
                       invalid=unknown_ids[:SHOWN_INVALID], count=len(unknown_ids))
     results = [{"subject": value, "allowed": st != "opted_out", "state": st} for value, st in zip(values, states)]
-    return Response(orjson.dumps({"results": results}), media_type="application/json")
+    return Response(orjson.dumps({"results": results}), media_type="application/json",
+                    headers=_lag_headers(state, lag))
 
 
 def _review_cursor(raw: str | None) -> int:
@@ -176,13 +194,23 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Postgres answers (readiness): while it does not, the API would only give 503s."""
+    """Postgres answers (readiness): while it does not, the API would only give 503s. With a replica
+    for the lookups, it must answer too, and its lag is shown (not judged: a lagging replica still
+    answers truly, as of its lag)."""
+    state = _state(request)
     try:
-        async with _state(request)["pool"].connection(timeout=1.0) as conn:
+        async with state["pool"].connection(timeout=1.0) as conn:
             await conn.execute("SELECT 1")
     except (psycopg.Error, PoolTimeout):
         return PlainTextResponse("postgres unreachable", status_code=503)
-    return PlainTextResponse("ready")
+    if state["read_pool"] is state["pool"]:
+        return PlainTextResponse("ready")
+    try:
+        async with state["read_pool"].connection(timeout=1.0) as conn:
+            lag = await replica.lag_s(conn)
+    except (psycopg.Error, PoolTimeout):
+        return PlainTextResponse("postgres read replica unreachable", status_code=503)
+    return PlainTextResponse(f"ready; replica lag {replica.shown(lag)} s", headers=_lag_headers(state, lag))
 
 
 # Errors → JSON. Starlette raises HTTPException for 404/405 itself.
@@ -210,9 +238,11 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPool[Any] | None = None,
-               pool_size: int = DEFAULT_POOL_SIZE, dashboard: Dashboard | None = None) -> Starlette:
-    """The API application with the dashboard at `/`; `pool` and `dashboard` are injectable (tests,
-    benchmarks), otherwise made here and closed with the app."""
+               pool_size: int = DEFAULT_POOL_SIZE, dashboard: Dashboard | None = None,
+               read_pool: AsyncConnectionPool[Any] | None = None) -> Starlette:
+    """The API application with the dashboard at `/`; `pool`, `read_pool` and `dashboard` are
+    injectable (tests, benchmarks), otherwise made here and closed with the app. The read pool is
+    made only when HOOKSTREAM_DATABASE_READ_URL is set; otherwise the lookups share `pool`."""
     own_dashboard = dashboard is None
     dash = dashboard or Dashboard(settings, tokens)
 
@@ -220,16 +250,23 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         own = pool is None
         active = pool or connections.api_pool(settings.database_url_or_default(), pool_size)
+        own_read = read_pool is None and settings.database_read_url is not None
+        reads = read_pool or (connections.api_read_pool(settings.database_read_url_or_default(), pool_size)
+                              if own_read else active)
         if own:
             await active.open()  # does not wait for a connection: the API starts with Postgres down (503s)
+        if own_read:
+            await reads.open()
         for label in tokens.short_labels():
             log.warning("API token %s is shorter than 16 characters", label)
         log.info("consent API ready; tokens: %s", ", ".join(tokens.labels) or "none (every request gets 401)")
         try:
-            yield State(settings=settings, pool=active, classifier=Classifier(settings.default_region))
+            yield State(settings=settings, pool=active, read_pool=reads, classifier=Classifier(settings.default_region))
         finally:
             if own:
                 await active.close()
+            if own_read:
+                await reads.close()
             if own_dashboard:
                 dash.close()
 

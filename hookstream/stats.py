@@ -58,7 +58,7 @@ def fetch(database_url: str, days: int, provider: str | None) -> list[Row]:
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        rows = fetch(settings.database_url_or_default(), args.days, args.provider)
+        rows = fetch(settings.database_read_url_or_default(), args.days, args.provider)  # a replica, if set
     except psycopg.Error as exc:
         print(f"hookstream stats: postgres: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
         return 1

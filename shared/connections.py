@@ -54,6 +54,7 @@ class Role(StrEnum):
     QUEUE = "queue"  # Redis: RQ's own connection in `hookstream worker` (a blocking dequeue)
     CLI = "cli"  # the operator's commands: status, stats, dead-letters
     API = "api"  # the consent API's async Postgres pool
+    API_READ = "api_read"  # the consent API's lookups, on HOOKSTREAM_DATABASE_READ_URL (a replica)
     DASHBOARD = "dashboard"  # the dashboard's sync Postgres pool and Redis client
     MIGRATE = "migrate"  # the one Postgres connection that applies the migrations
 
@@ -82,6 +83,7 @@ TIMEOUTS: Mapping[Role, Timeouts] = MappingProxyType({
     Role.QUEUE: Timeouts(redis_connect_s=2.0, redis_read_s=RQ_DEQUEUE_READ_S, redis_retries=6),
     Role.CLI: Timeouts(redis_connect_s=2.0, redis_read_s=10.0, redis_retries=2, pg_connect_s=5),
     Role.API: Timeouts(pg_connect_s=5, pg_pool_wait_s=5.0),
+    Role.API_READ: Timeouts(pg_connect_s=5, pg_pool_wait_s=5.0),
     Role.DASHBOARD: Timeouts(redis_connect_s=2.0, redis_read_s=2.0, redis_retries=1, pg_connect_s=3,
                              pg_pool_wait_s=2.0, pg_statement_ms=10_000),
     Role.MIGRATE: Timeouts(pg_connect_s=10),
@@ -221,8 +223,12 @@ def _async_redis(settings: Settings, role: Role) -> redis.asyncio.Redis:
     url = settings.redis_url_or_default()
     if not settings.redis_sentinels:
         return redis.asyncio.Redis.from_url(url, retry=retry, **redis_options(role))
+    # One connection per Sentinel, held by its client: a pooled one is held weakly while in use, and
+    # a question cancelled while it waits to be handed back (the appender's deadline) would drop it
+    # still open.
     sentinels = AsyncSentinel(list(settings.redis_sentinels),
-                              sentinel_kwargs={**sentinel_options(role), "retry": AsyncRetry(NoBackoff(), 0)})
+                              sentinel_kwargs={**sentinel_options(role), "retry": AsyncRetry(NoBackoff(), 0),
+                                               "single_connection_client": True})
     primary = primary_options(url)
     kind = _AsyncFollowingSSLConnection if primary.get("ssl") else _AsyncFollowingConnection
     return sentinels.master_for(settings.redis_sentinel_service, redis_class=_AsyncSentinelRedis,
@@ -264,6 +270,15 @@ def api_pool(database_url: str, size: int) -> AsyncConnectionPool[Any]:
     return AsyncConnectionPool(database_url, min_size=1, max_size=size, open=False, name="hookstream-api",
                                timeout=_pool_wait_s(Role.API), check=AsyncConnectionPool.check_connection,
                                kwargs={"prepare_threshold": None, "autocommit": True, **postgres_options(Role.API)})
+
+
+def api_read_pool(read_url: str, size: int) -> AsyncConnectionPool[Any]:
+    """The consent API's lookups on a streaming replica (HOOKSTREAM_DATABASE_READ_URL): as `api_pool`,
+    its own connections, so a replica that is down or behind never holds up the writes and the feed."""
+    return AsyncConnectionPool(read_url, min_size=1, max_size=size, open=False, name="hookstream-api-read",
+                               timeout=_pool_wait_s(Role.API_READ), check=AsyncConnectionPool.check_connection,
+                               kwargs={"prepare_threshold": None, "autocommit": True,
+                                       **postgres_options(Role.API_READ)})
 
 
 def dashboard_pool(database_url: str, size: int, wait_s: float | None = None) -> ConnectionPool[Any]:

@@ -153,6 +153,9 @@ def _queue_redis_url(env: Mapping[str, str]) -> str | None:
 class Settings:
     redis_url: str | None = field(default=None, repr=False)  # URLs may carry passwords
     database_url: str | None = field(default=None, repr=False)
+    # Where the read-only paths read (the API's lookups, the dashboard, `stats`): a streaming
+    # replica. None: the primary, HOOKSTREAM_DATABASE_URL.
+    database_read_url: str | None = field(default=None, repr=False)
     # Sentinel: when set, every Redis client finds the current primary through them by the service
     # name, and the URLs give only the db number, username and password (shared/connections.py).
     redis_sentinels: tuple[tuple[str, int], ...] = ()
@@ -212,6 +215,7 @@ class Settings:
         return cls(
             redis_url=env.get("HOOKSTREAM_REDIS_URL") or None,
             database_url=env.get("HOOKSTREAM_DATABASE_URL") or None,
+            database_read_url=env.get("HOOKSTREAM_DATABASE_READ_URL", "").strip() or None,
             redis_sentinels=_sentinels(env, "HOOKSTREAM_REDIS_SENTINELS"),
             redis_sentinel_service=env.get("HOOKSTREAM_REDIS_SENTINEL_SERVICE", "").strip() or "hookstream",
             queue_redis_url=_queue_redis_url(env),
@@ -292,3 +296,6 @@ class Settings:
 
     def database_url_or_default(self) -> str:
         return self.database_url or "postgresql://postgres@127.0.0.1:5432/postgres"
+
+    def database_read_url_or_default(self) -> str:
+        return self.database_read_url or self.database_url_or_default()

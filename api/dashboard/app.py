@@ -145,8 +145,10 @@ class Dashboard:
     def pool(self) -> ConnectionPool[Any]:
         with self._lock:
             if self._pool is None:
-                self._pool = connections.dashboard_pool(self.settings.database_url_or_default(), self.pool_size,
-                                                        self.pool_timeout_s)
+                # Every section reads only: a streaming replica when HOOKSTREAM_DATABASE_READ_URL is set.
+                # The review decisions write through the API's pool or their own (api_decider), on the primary.
+                self._pool = connections.dashboard_pool(self.settings.database_read_url_or_default(),
+                                                        self.pool_size, self.pool_timeout_s)
                 self._pool.open(wait=False)
                 atexit.register(self.close)
             return self._pool
