@@ -294,10 +294,14 @@ def dashboard_pool(database_url: str, size: int, wait_s: float | None = None) ->
 
 def connect(database_url: str, role: Role, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
     """One connection of `role` (the dispatcher's chores, an operator's command, the migrations);
-    `kwargs` are psycopg's own (row_factory, …)."""
-    return psycopg.connect(database_url, autocommit=autocommit, **postgres_options(role), **kwargs)
+    `kwargs` are psycopg's own (row_factory, …). No prepared statements: the dispatcher's connection
+    lives long and repeats its statements, and behind PgBouncer in transaction mode they would be
+    prepared on one server connection and run on another."""
+    return psycopg.connect(database_url, autocommit=autocommit, **postgres_options(role),
+                           **{"prepare_threshold": None, **kwargs})
 
 
 async def connect_async(database_url: str, role: Role) -> psycopg.AsyncConnection[Any]:
     """One autocommit connection of `role`, for an async caller without a pool."""
-    return await psycopg.AsyncConnection.connect(database_url, autocommit=True, **postgres_options(role))
+    return await psycopg.AsyncConnection.connect(database_url, autocommit=True, prepare_threshold=None,
+                                                 **postgres_options(role))

@@ -149,6 +149,14 @@ def test_workers_and_the_api_through_pgbouncer_in_transaction_mode(bouncer_url: 
     assert len(servers) == 1  # over one server connection
 
 
+def test_the_dispatchers_long_lived_connection_repeats_its_statements_behind_it(bouncer_url: str) -> None:
+    with connections.connect(bouncer_url, connections.Role.DISPATCHER) as one, \
+            connections.connect(bouncer_url, connections.Role.DISPATCHER) as two:
+        for i in range(10):  # past psycopg's default threshold of 5, interleaved on the one server connection
+            for conn in (one, two):
+                assert conn.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+
+
 def test_prepared_statements_break_behind_it(bouncer_url: str) -> None:
     """What prepare_threshold=None avoids: two clients preparing on the one server connection."""
     with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=0) as one, \
@@ -156,3 +164,4 @@ def test_prepared_statements_break_behind_it(bouncer_url: str) -> None:
         one.execute("SELECT 1 + %s", (1,))
         with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
             two.execute("SELECT 1 + %s", (1,))
+        one.execute("DEALLOCATE ALL")  # leave the shared server connection as it was
