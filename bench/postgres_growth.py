@@ -89,10 +89,10 @@ def disk(database_url: str) -> dict[str, Any]:
 
 
 def fill_stream(redis: Redis, stream: str, count: int, first: int) -> None:
-    """`count` records of ids never used before (`first` on), stamped now."""
+    """`count` records of ids never used before (`first` on), stamped one ms apart up to now."""
     now_ms = int(time.time() * 1000)
     pipe = redis.pipeline(transaction=False)
-    for i, record in enumerate(records(count, first=first, start_ms=now_ms)):
+    for i, record in enumerate(records(count, first=first, start_ms=now_ms - count)):
         pipe.xadd(stream, record.to_fields())
         if i % 2000 == 1999:
             pipe.execute()
@@ -118,7 +118,6 @@ def paced(env: dict[str, str], settings: Settings, redis: Redis, rate: float, se
     """Append at `rate` for `seconds`, each record stamped at its append; p50/p99 of ingest-to-commit."""
     total = int(rate * seconds)
     made = list(records(total, first=first, start_ms=0))
-    sent_from = time.time()
     with pipeline(env, 1):
         time.sleep(2)  # the processes' start-up is not ingest latency
         sent_from = time.time()
@@ -132,7 +131,8 @@ def paced(env: dict[str, str], settings: Settings, redis: Redis, rate: float, se
             pipe.execute()
             i = due
             time.sleep(tick)
-        elapsed = time.time() - sent_from
+        sent_until = time.time()
+        elapsed = sent_until - sent_from
         deadline = time.time() + 120
         while remaining(redis, settings) > 0 and time.time() < deadline:
             time.sleep(0.05)
@@ -140,7 +140,8 @@ def paced(env: dict[str, str], settings: Settings, redis: Redis, rate: float, se
         p50, p99, n = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag),"
             " count(*) FROM (SELECT extract(epoch FROM created_at - received_at) * 1000 AS lag FROM events"
-            " WHERE received_at >= to_timestamp(%s)) l", (sent_from,)).fetchone()  # type: ignore[misc]
+            " WHERE received_at >= to_timestamp(%s) AND received_at <= to_timestamp(%s)) l",
+            (sent_from, sent_until + 0.1)).fetchone()  # type: ignore[misc]
     return {"entries": total, "rate_sent": round(total / elapsed), "events": int(n),
             "ingest_to_commit_ms": {"p50": round(float(p50 or 0), 1), "p99": round(float(p99 or 0), 1)}}
 
