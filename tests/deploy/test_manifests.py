@@ -610,7 +610,7 @@ def _compose() -> dict[str, Any]:
 
 def test_compose_services_run_real_hookstream_subcommands() -> None:
     services = _compose()["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "ingress", "dispatch", "worker", "api",
+    assert set(services) == {"redis", "postgres", "pgbouncer", "migrate", "ingress", "dispatch", "worker", "api",
                              "prometheus", "grafana"}  # the last two: tests/deploy/test_grafana.py
     subcommands = {}
     for name, service in services.items():
@@ -625,6 +625,23 @@ def test_compose_services_run_real_hookstream_subcommands() -> None:
     assert "./redis.conf:/etc/redis/redis.conf:ro" in redis["volumes"]
     conf = (DEPLOY / "redis.conf").read_text(encoding="utf-8")
     assert re.search(r"^appendonly yes$", conf, re.M) and re.search(r"^maxmemory-policy noeviction$", conf, re.M)
+
+
+def test_compose_puts_pgbouncer_in_transaction_mode_before_postgres_but_not_before_migrate() -> None:
+    services = _compose()["services"]
+    ini = configparser.ConfigParser(inline_comment_prefixes=None, comment_prefixes=(";", "#"))
+    ini.read(DEPLOY / "pgbouncer.ini", encoding="utf-8")
+    bouncer = ini["pgbouncer"]
+    assert bouncer["pool_mode"] == "transaction"
+    mounts = {volume.split(":")[1]: DEPLOY / volume.split(":")[0] for volume in services["pgbouncer"]["volumes"]}
+    assert mounts[bouncer["auth_file"]].is_file() and mounts["/etc/pgbouncer/pgbouncer.ini"].is_file()
+    [(database, target)] = ini["databases"].items()
+    assert dict(item.split("=") for item in target.split()) == {"host": "postgres", "port": "5432",
+                                                                 "dbname": database}
+    through = f"@pgbouncer:{bouncer['listen_port']}/{database}"
+    for name in ("dispatch", "worker", "api"):
+        assert services[name]["environment"]["HOOKSTREAM_DATABASE_URL"].endswith(through), name
+    assert services["migrate"]["environment"]["HOOKSTREAM_DATABASE_URL"].endswith(f"@postgres:5432/{database}")
 
 
 def test_compose_api_service_is_reachable_on_loopback_and_checked_on_the_probe_path() -> None:
