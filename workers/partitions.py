@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg
 
+from shared import connections
+
 log = logging.getLogger("hookstream.partitions")
 
 LIST_SQL = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
@@ -112,7 +114,7 @@ class TimePartitions:
     def maintain_url(self, database_url: str, retention_s: int) -> None:
         """`maintain` on a connection of its own; trouble is logged, never raised (it runs again later)."""
         try:
-            with psycopg.connect(database_url, connect_timeout=5) as conn:
+            with connections.connect(database_url, connections.Role.DISPATCHER) as conn:
                 self.maintain(conn, retention_s)
         except psycopg.Error as exc:
             log.warning("%s partition upkeep failed, will retry: %s", self.table, type(exc).__name__)

@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from shared import connections
 from shared.settings import Settings
 
 log = logging.getLogger("hookstream.retention")
@@ -81,8 +82,8 @@ class Retention:
         """Rows deleted; Postgres trouble waits for the next round."""
         try:
             if self._database is None or self._database.closed:
-                self._database = psycopg.connect(self.settings.database_url_or_default(), autocommit=True,
-                                                 connect_timeout=5)
+                self._database = connections.connect(self.settings.database_url_or_default(),
+                                                     connections.Role.DISPATCHER)
             deleted = delete_batches(self._database, sql, cutoff, budget_s=self.budget_s)
         except psycopg.Error as exc:
             log.warning("%s retention: postgres unavailable (%s), will retry", table, type(exc).__name__)
