@@ -17,7 +17,17 @@ import redis
 from hookstream.embedded import PostgresServer, RedisServer
 from hookstream.migrate import migrate
 
-TABLES = ("events", "event_keys", "message_status", "consent", "consent_changes", "dead_letters", "raw_archive", "review_decisions")
+# Every table the migrations made but their own bookkeeping: a new table is emptied without a list to keep.
+DATA_TABLES_SQL = (
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    " AND c.relname <> 'schema_migrations' ORDER BY c.relname"
+)
+
+
+def empty_tables(conn: psycopg.Connection) -> None:
+    tables = [name for (name,) in conn.execute(DATA_TABLES_SQL)]
+    conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -65,5 +75,5 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection on emptied tables."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+        empty_tables(conn)
         yield conn

@@ -64,12 +64,12 @@ from hookstream.embedded import EmbeddedError, PostgresServer, RedisServer, free
 from hookstream.migrate import migrate
 from ingress.routes import FEEDS
 from shared.settings import Settings
+from tests.conftest import empty_tables
 from workers.batch import write_bisecting
 from workers.context import normalize_context
 from workers.normalize import Entry, normalize_entries
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = ("events", "event_keys", "message_status", "consent", "consent_changes", "dead_letters", "raw_archive")
 PATHS = {(feed.provider, feed.feed): feed.path for feed in FEEDS}
 UA_PREFIX = "hookstream-faults/"
 START_DEADLINE_S = 90.0  # a process or server started on a busy machine: imports, AOF replay, recovery
@@ -345,7 +345,7 @@ class Pipeline:
         """Empty Redis and the tables: each test starts from nothing."""
         self.redis.flushall()
         with psycopg.connect(self.servers.postgres.url, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+            empty_tables(conn)
 
     def _start(self, name: str, *args: str) -> Proc:
         proc = Proc(name, list(args), self.env, self.servers.logs)

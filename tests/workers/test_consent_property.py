@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from shared.record import RawRecord
-from tests.conftest import TABLES
+from tests.conftest import empty_tables
 from workers.normalize import Entry, NormalizeContext, normalize_entry
 from workers.store import write_entries
 
@@ -44,7 +44,7 @@ def entry(n: int, subject: str, scope: str, word: str, minute: int | None, recei
 
 
 def deliver(db: psycopg.Connection, batches: list[list[Entry]]) -> None:
-    db.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+    empty_tables(db)
     for batch in batches:
         with db.transaction():
             write_entries(db, batch)
