@@ -10,6 +10,7 @@ from importlib import resources
 import psycopg
 
 from hookstream import convert_events
+from shared import connections
 from workers import archive
 from workers.event_partitions import EVENTS
 
@@ -40,7 +41,7 @@ def migrate(database_url: str, archive_retention_s: int = ARCHIVE_RETENTION_S,
     False), and make the coming partitions; returns the names applied now. `until`: stop after
     that migration (tests start from an older schema)."""
     applied_now: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with connections.connect(database_url, connections.Role.MIGRATE) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
         try:
             conn.execute(
@@ -65,7 +66,7 @@ def plan(database_url: str, archive_retention_s: int = ARCHIVE_RETENTION_S,
          events_retention_s: int = EVENTS_RETENTION_S) -> list[str]:
     """What `migrate` would do, as lines, without changing anything."""
     lines: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with connections.connect(database_url, connections.Role.MIGRATE) as conn:
         names = [name for name, _ in pending(conn)]
         lines += [f"apply migration {name}" for name in names] or ["migrations: up to date"]
         lines += convert_events.plan(conn)
