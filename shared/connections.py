@@ -22,7 +22,9 @@ the Sentinels, the service name).
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -186,6 +188,35 @@ class _AsyncFollowingSSLConnection(_AsyncFollowingConnection, AsyncSSLConnection
     pass
 
 
+class _Sentinels(Sentinel):  # type: ignore[misc]
+    """redis-py's Sentinel manager, asking for the primary one caller at a time.
+
+    Its discover_master moves the Sentinel that answered to the front of its list with an index
+    taken before the question; two callers at once (threads here, tasks below) can overwrite one
+    Sentinel with another, so that it is asked no more and never closed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._asking = threading.Lock()
+
+    def discover_master(self, service_name: str) -> Any:
+        with self._asking:
+            return super().discover_master(service_name)
+
+
+class _AsyncSentinels(AsyncSentinel):  # type: ignore[misc]
+    """_Sentinels, async."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._asking = asyncio.Lock()
+
+    async def discover_master(self, service_name: str) -> Any:
+        async with self._asking:
+            return await super().discover_master(service_name)
+
+
 class _SentinelRedis(redis.Redis):  # type: ignore[misc]  # redis-py is read as Any (pyproject.toml)
     """A client of the primary that closes its connections to the Sentinels with its own."""
 
@@ -209,7 +240,7 @@ def _redis(settings: Settings, role: Role, url: str) -> redis.Redis:
     retry = Retry(BACKOFF if retries else NoBackoff(), retries)
     if not settings.redis_sentinels:
         return redis.Redis.from_url(url, retry=retry, **redis_options(role))
-    sentinels = Sentinel(list(settings.redis_sentinels),
+    sentinels = _Sentinels(list(settings.redis_sentinels),
                          sentinel_kwargs={**sentinel_options(role), "retry": Retry(NoBackoff(), 0)})
     primary = primary_options(url)
     kind = _FollowingSSLConnection if primary.get("ssl") else _FollowingConnection
@@ -226,7 +257,7 @@ def _async_redis(settings: Settings, role: Role) -> redis.asyncio.Redis:
     # One connection per Sentinel, held by its client: a pooled one is held weakly while in use, and
     # a question cancelled while it waits to be handed back (the appender's deadline) would drop it
     # still open.
-    sentinels = AsyncSentinel(list(settings.redis_sentinels),
+    sentinels = _AsyncSentinels(list(settings.redis_sentinels),
                               sentinel_kwargs={**sentinel_options(role), "retry": AsyncRetry(NoBackoff(), 0),
                                                "single_connection_client": True})
     primary = primary_options(url)

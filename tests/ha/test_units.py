@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -39,8 +40,8 @@ def test_the_rows_say_what_each_role_can_afford() -> None:
     for role in (Role.DISPATCHER, Role.WORKER, Role.QUEUE):  # they ride out a failover (a few seconds)
         delays = [connections.BACKOFF.compute(n) for n in range(1, TIMEOUTS[role].redis_retries + 1)]
         assert sum(delays) >= 3, role
-    for role, row in TIMEOUTS.items():
-        assert (row.redis_connect_s is None) == (role in (Role.API, Role.MIGRATE)), role  # no Redis
+    for role, row in TIMEOUTS.items():  # a Redis row for each role with a Redis factory, and only for those
+        assert (row.redis_connect_s is not None) == (role in {*SYNC, Role.INGRESS}), role
         if row.redis_connect_s is not None:
             assert row.redis_read_s is not None, f"{role}: a Redis client without a read timeout can hang for good"
         assert row.pg_connect_s is None or row.pg_connect_s >= 2, role  # libpq's least
@@ -145,3 +146,31 @@ def test_the_commands_settings() -> None:
     for name, bad in (("HOOKSTREAM_PORT", "http"), ("HOOKSTREAM_WORKERS", "0")):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: bad})
+
+
+class FakeSentinel:
+    """Answers SENTINEL MASTERS after yielding once, so that two questions interleave."""
+
+    def __init__(self, name: str, knows_primary: bool) -> None:
+        self.name = name
+        self.knows_primary = knows_primary
+
+    async def sentinel_masters(self) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        state = {"ip": "10.0.0.9", "port": 6379, "is_master": True, "is_sdown": False, "is_odown": False,
+                 "num-other-sentinels": 2}
+        return {"hookstream": state} if self.knows_primary else {}
+
+
+def test_two_questions_at_once_keep_every_sentinel() -> None:
+    """redis-py moves the Sentinel that answered to the front with an index taken before the
+    question: two at once (the appender and the ready probe) could overwrite one Sentinel with
+    another. The factory's manager asks one at a time."""
+    async def ask_twice() -> list[str]:
+        manager = connections._AsyncSentinels([])
+        manager.sentinels = [FakeSentinel("a", False), FakeSentinel("b", True), FakeSentinel("c", True)]
+        answers = await asyncio.gather(manager.discover_master("hookstream"), manager.discover_master("hookstream"))
+        assert answers == [("10.0.0.9", 6379)] * 2
+        return sorted(s.name for s in manager.sentinels)
+
+    assert asyncio.run(ask_twice()) == ["a", "b", "c"]
