@@ -66,7 +66,10 @@ def _merge(a: WriteResult, b: WriteResult) -> WriteResult:
 # SQLSTATE classes of the server's own trouble, never of one record: connection exceptions (08),
 # insufficient resources such as a full disk or too many connections (53), system errors (58),
 # and the serialization failures and deadlocks that a second try resolves (40).
-OUTAGE_CLASSES = ("08", "40", "53", "58", "57P")
+# Class 42 too: a missing table, column or privilege means the schema is not what this code expects
+# (new workers started before `hookstream migrate`). Values are bound as parameters, so no record
+# can cause one: wait for the deployment to be put right instead of dead-lettering every record.
+OUTAGE_CLASSES = ("08", "40", "42", "53", "58", "57P")
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -75,9 +78,9 @@ def is_outage(exc: BaseException) -> bool:
     fault of some record in the batch, and the batch is bisected down to it."""
     if isinstance(exc, (PoolTimeout, psycopg.InterfaceError)):
         return True
-    if isinstance(exc, psycopg.OperationalError):
-        return exc.sqlstate is None or exc.sqlstate.startswith(OUTAGE_CLASSES)
-    return False
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        return exc.sqlstate.startswith(OUTAGE_CLASSES)
+    return isinstance(exc, psycopg.OperationalError)  # no SQLSTATE: the connection itself failed
 
 
 def _refusal(exc: BaseException) -> str:

@@ -205,6 +205,8 @@ def test_an_entry_no_dead_letter_can_hold_is_parked_not_looped(ingress_client: T
     (psycopg.errors.DeadlockDetected(), True),
     (psycopg.InterfaceError("the connection is closed"), True),
     (PoolTimeout("couldn't get a connection after 1.00 sec"), True),
+    (psycopg.errors.UndefinedTable(), True),  # workers newer than the schema: wait for migrate
+    (psycopg.errors.InsufficientPrivilege(), True),
     (psycopg.errors.ProgramLimitExceeded(), False),  # index row too large: one record's fault
     (psycopg.errors.UntranslatableCharacter(), False),
     (psycopg.errors.CheckViolation(), False),
