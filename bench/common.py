@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench.payloads import records
 from hookstream.embedded import PostgresServer, free_port
 from ingress.routes import FEEDS
@@ -222,3 +224,11 @@ def emit(result: dict[str, Any], out: str) -> int:
     path.write_bytes(data)
     print(data.decode())
     return 0
+
+
+def write_json(out: Path, results: dict[str, Any]) -> None:
+    """A benchmark's figures: written to `out` and printed, as JSON."""
+    data = orjson.dumps(results, option=orjson.OPT_INDENT_2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    print(data.decode())

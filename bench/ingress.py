@@ -53,6 +53,7 @@ from bench.common import (
     payload_set,
     ratio,
     wait_http,
+    write_json,
 )
 from bench.workers import machine
 from hookstream.embedded import PostgresServer, RedisServer, free_port
@@ -384,9 +385,7 @@ def main() -> int:
                   replica_comparison=not args.no_replica,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    write_json(out, results)
     return 0
 
 

@@ -30,11 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 from redis import Redis
 
-from bench.common import postmaster_pid
+from bench.common import postmaster_pid, write_json
 from bench.payloads import records
 from bench.workers import machine, remaining, run_pipeline
 from hookstream.embedded import PostgresServer, RedisServer
@@ -218,9 +217,7 @@ def main() -> int:
     results = run(records_n=args.records, prefill_n=args.prefill, rate=args.rate, paced_s=args.paced_s,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    write_json(out, results)
     return 0
 
 

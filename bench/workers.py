@@ -27,7 +27,7 @@ import orjson
 import psycopg
 from redis import Redis
 
-from bench.common import postmaster_pid, tree_cpu_s
+from bench.common import postmaster_pid, tree_cpu_s, write_json
 from bench.payloads import records
 from hookstream.embedded import PostgresServer, RedisServer
 from hookstream.migrate import migrate
@@ -151,9 +151,7 @@ def main() -> int:
     results = run(records=args.records, workers=[int(w) for w in args.workers.split(",")],
                   per_webhook=args.per_webhook)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    write_json(out, results)
     return 0
 
 
