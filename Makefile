@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install run check test test-faults bench clean
+.PHONY: all install run check test test-faults bench clean image
 
 all: install
 
@@ -37,6 +37,11 @@ test-faults: install
 bench: install
 	@$(PY) -c "import matplotlib" 2>/dev/null && test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The container image that deploy/compose.yaml and deploy/kubernetes name: hookstream:<version>, the
+# version being pyproject.toml's [project] version (tests/deploy checks the three agree).
+image:
+	docker build -f deploy/Dockerfile -t hookstream:$(shell python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') .
 
 clean:
 	rm -rf $(VENV) .data
