@@ -25,8 +25,11 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -47,6 +50,7 @@ from api.auth import ApiTokens
 from api.config import ApiConfig
 from api.dashboard import Dashboard
 from hookstream import cli
+from hookstream.embedded import free_port
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -60,6 +64,9 @@ IN_CI = bool(os.environ.get("CI"))
 # The oldest Kubernetes these manifests are meant for, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.29", latest_version())
 KEDA_GROUP = "keda.sh"
+# The image deploy/Dockerfile builds (`make image`): the manifests name it without a tag, which
+# kustomization.yaml's `images:` sets to pyproject.toml's version; compose.yaml names it with that tag.
+IMAGE = "hookstream"
 NOT_KUBERNETES_OBJECTS = {("kustomize.config.k8s.io/v1beta1", "Kustomization")}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
@@ -132,6 +139,33 @@ def all_containers() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     for workload in workloads():
         for container in containers(workload):
             yield workload, container
+
+
+def image_name(image: str) -> str:
+    """`registry:5000/name:tag` → `registry:5000/name`: a tag is a colon after the last slash."""
+    head, _, last = image.rpartition("/")
+    return (head + "/" if head else "") + last.split(":")[0]
+
+
+def image_tag(image: str) -> str | None:
+    last = image.rpartition("/")[2]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def runs_hookstream(container: dict[str, Any]) -> bool:
+    return image_name(container["image"]) == IMAGE
+
+
+def hookstream_containers() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """The containers that run a `hookstream` command; the others (PgBouncer) run an image of their own."""
+    return ((workload, container) for workload, container in all_containers() if runs_hookstream(container))
+
+
+@cache
+def project_version() -> str:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    assert isinstance(version, str) and version
+    return version
 
 
 def by_component(component: str) -> dict[str, Any]:
@@ -263,7 +297,8 @@ def test_kubectl_kustomize_builds_every_object() -> None:
     assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
         (d["kind"], d["metadata"]["name"]) for d in manifests())
     images = {c["image"] for d in built if d["kind"] in WORKLOAD_KINDS for c in d["spec"]["template"]["spec"]["containers"]}
-    assert images == {"hookstream:latest"}
+    # Every hookstream container as `make image` tags it; PgBouncer as pinned in pgbouncer.yaml.
+    assert images == {f"{IMAGE}:{project_version()}", pgbouncer_container()["image"]}
 
 
 # -- (c) schemas: Kubernetes built-in kinds --------------------------------------------------------
@@ -397,7 +432,7 @@ def test_every_workload_selector_matches_its_own_pods_and_no_other() -> None:
         assert selects(workload["spec"]["selector"], labels), f"{name}: selector does not match its pod labels"
         assert selected_workloads(workload["spec"]["selector"]) == [name], f"{name}: selector also matches other pods"
     components = {w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads()}
-    assert components == {"ingress", "dispatch", "worker", "migrate", "api"}
+    assert components == {"ingress", "dispatch", "worker", "migrate", "api", "pgbouncer"}
 
 
 def _container_port(container: dict[str, Any], port: int | str) -> int:
@@ -412,7 +447,7 @@ SERVICES = {"hookstream-ingress": ("ingress", 8000), "hookstream-api": ("api", 8
 
 
 def test_services_select_their_pods_on_the_declared_port() -> None:
-    assert {service["metadata"]["name"] for service in objects("Service")} == set(SERVICES)
+    assert {service["metadata"]["name"] for service in objects("Service")} == {*SERVICES, "hookstream-pgbouncer"}
     for name, (component, listen) in SERVICES.items():
         service = one("Service", name)
         workload = by_component(component)
@@ -481,9 +516,9 @@ def test_pod_disruption_budgets_select_existing_pods() -> None:
         (selected,) = matched
         covered.add(one("Deployment", selected)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"])
         assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
-    assert covered == {"ingress", "worker", "api"}
+    assert covered == {"ingress", "worker", "api", "pgbouncer"}
     # minAvailable 1 leaves room to drain only with more than one replica.
-    for component in ("ingress", "api"):
+    for component in ("ingress", "api", "pgbouncer"):
         assert by_component(component)["spec"]["replicas"] >= 2, component
 
 
@@ -593,8 +628,8 @@ def test_configmap_and_secret_template_are_valid_settings() -> None:
 
 def test_kubernetes_commands_are_real_hookstream_subcommands() -> None:
     commands = {}
-    for _workload, container in all_containers():
-        assert container["image"] == "hookstream:latest"
+    for _workload, container in hookstream_containers():
+        assert container["image"] == IMAGE, "the tag comes from kustomization.yaml's images: (the version)"
         args = parse_command(container["command"])
         commands[args.command] = args
     assert set(commands) == {"ingress", "dispatch", "worker", "migrate", "api"}
@@ -614,7 +649,8 @@ def test_compose_services_run_real_hookstream_subcommands() -> None:
                              "prometheus", "grafana"}  # the last two: tests/deploy/test_grafana.py
     subcommands = {}
     for name, service in services.items():
-        if service.get("image") == "hookstream:latest":
+        if image_name(service["image"]) == IMAGE:
+            assert service["image"] == f"{IMAGE}:{project_version()}", name
             subcommands[name] = parse_command(service["command"])
     assert {name: args.command for name, args in subcommands.items()} == {
         "migrate": "migrate", "ingress": "ingress", "dispatch": "dispatch", "worker": "worker", "api": "api"}
@@ -642,6 +678,128 @@ def test_compose_puts_pgbouncer_in_transaction_mode_before_postgres_but_not_befo
     for name in ("dispatch", "worker", "api"):
         assert services[name]["environment"]["HOOKSTREAM_DATABASE_URL"].endswith(through), name
     assert services["migrate"]["environment"]["HOOKSTREAM_DATABASE_URL"].endswith(f"@postgres:5432/{database}")
+
+
+def pgbouncer_container() -> dict[str, Any]:
+    (container,) = pod_spec(by_component("pgbouncer"))["containers"]
+    return container
+
+
+def pgbouncer_ini() -> configparser.ConfigParser:
+    """pgbouncer.ini as the ConfigMap mounts it for the PgBouncer pods."""
+    ini = configparser.ConfigParser(inline_comment_prefixes=None, comment_prefixes=(";", "#"))
+    ini.read_string(one("ConfigMap", "hookstream-pgbouncer")["data"]["pgbouncer.ini"])
+    return ini
+
+
+def _mounted_file(workload: dict[str, Any], path: str) -> tuple[str, str, str]:
+    """(kind, object name, key) of the ConfigMap or Secret key a container sees at `path`."""
+    (container,) = pod_spec(workload)["containers"]
+    volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+    for mount in container["volumeMounts"]:
+        folder = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(folder) and "subPath" not in mount:
+            volume = volumes[mount["name"]]
+            key = path[len(folder):]
+            if "configMap" in volume:
+                return "ConfigMap", volume["configMap"]["name"], key
+            return "Secret", volume["secret"]["secretName"], key
+    pytest.fail(f"nothing is mounted at {path}")
+
+
+def test_kubernetes_runs_pgbouncer_in_transaction_mode_before_postgres_but_not_before_migrate() -> None:
+    """The workers, the dispatchers and the API's primary pool go through PgBouncer; migrate (the
+    advisory lock, DDL) and the API's read-only paths (per-session settings) reach Postgres directly."""
+    workload = by_component("pgbouncer")
+    container = pgbouncer_container()
+    ini = pgbouncer_ini()
+    bouncer = ini["pgbouncer"]
+    assert bouncer["pool_mode"] == "transaction"
+    # The command runs pgbouncer on the mounted ini (the image's entrypoint would write its own).
+    assert container["command"][0].endswith("/pgbouncer") and len(container["command"]) == 2
+    assert _mounted_file(workload, container["command"][1]) == ("ConfigMap", "hookstream-pgbouncer", "pgbouncer.ini")
+    kind, name, key = _mounted_file(workload, bouncer["auth_file"])
+    assert kind == "Secret" and key in secret_data(one(kind, name))
+    # The same PgBouncer as Compose's, pinned.
+    compose_image = _compose()["services"]["pgbouncer"]["image"]
+    assert container["image"] == compose_image and image_tag(compose_image) not in (None, "latest")
+    # Service → pod port → the ini's listen_port → the URL the hookstream pods are given.
+    service = one("Service", "hookstream-pgbouncer")
+    assert selected_workloads({"matchLabels": service["spec"]["selector"]}) == [workload["metadata"]["name"]]
+    (port,) = service["spec"]["ports"]
+    assert _container_port(container, port["targetPort"]) == int(bouncer["listen_port"])
+    [(database, target)] = ini["databases"].items()
+    urls = secret_data(one("Secret", "hookstream-postgres"))
+    through, direct = urlsplit(urls["url"]), urlsplit(urls["direct-url"])
+    assert (through.hostname, through.port, through.path) == (service["metadata"]["name"], port["port"], f"/{database}")
+    server = dict(item.split("=") for item in target.split())
+    assert (direct.hostname, direct.port, direct.path) == (server["host"], int(server["port"]), f"/{server['dbname']}")
+    assert through.username == direct.username, "PgBouncer logs in to Postgres as the client's user"
+    userlist = secret_data(one(kind, name))[key]
+    assert re.search(rf'^"{re.escape(str(through.username))}" "', userlist, re.M), "the user is not in the password file"
+
+    def key_of(component: str, variable: str) -> str | None:
+        for _, found in [(w, c) for w, c in hookstream_containers()
+                         if w is by_component(component)]:
+            for var in found.get("env", []):
+                if var["name"] == variable:
+                    ref = var["valueFrom"]["secretKeyRef"]
+                    assert ref["name"] == "hookstream-postgres"
+                    return str(ref["key"])
+        return None
+
+    for component in ("dispatch", "worker", "api"):
+        assert key_of(component, "HOOKSTREAM_DATABASE_URL") == "url", component
+    assert key_of("migrate", "HOOKSTREAM_DATABASE_URL") == "direct-url"
+    assert key_of("api", "HOOKSTREAM_DATABASE_READ_URL") == "direct-url"
+    assert key_of("ingress", "HOOKSTREAM_DATABASE_URL") is None
+    # What Compose's PgBouncer does, this one does too (the listen address and files aside).
+    compose_ini = configparser.ConfigParser(inline_comment_prefixes=None, comment_prefixes=(";", "#"))
+    compose_ini.read(DEPLOY / "pgbouncer.ini", encoding="utf-8")
+    for option in ("pool_mode", "auth_type", "listen_port", "ignore_startup_parameters"):
+        assert bouncer[option] == compose_ini["pgbouncer"][option], option
+
+
+def test_kubernetes_pgbouncer_ini_starts_a_real_pgbouncer() -> None:
+    """The ConfigMap's ini, as Debian's pgbouncer reads it: it starts and listens, with no warning."""
+    debian = Path("/usr/sbin/pgbouncer")  # not on a user's PATH
+    binary = str(debian) if debian.exists() else need_tool("pgbouncer", "pgbouncer")
+    ini = pgbouncer_ini()
+    kind, name, key = _mounted_file(by_component("pgbouncer"), ini["pgbouncer"]["auth_file"])
+    # A folder of its own: as root, PgBouncer runs as postgres, which cannot enter pytest's tmp_path.
+    folder = Path(tempfile.mkdtemp(prefix="hookstream-deploy-pgbouncer-"))
+    (folder / "userlist.txt").write_text(secret_data(one(kind, name))[key], encoding="utf-8")
+    port = free_port()
+    ini["pgbouncer"].update(listen_addr="127.0.0.1", listen_port=str(port), auth_file=str(folder / "userlist.txt"))
+    with (folder / "pgbouncer.ini").open("w", encoding="utf-8") as handle:
+        ini.write(handle)
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        for path in (folder, *folder.iterdir()):
+            shutil.chown(path, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    log = folder / "pgbouncer.log"
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen([*prefix, binary, str(folder / "pgbouncer.ini")], stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, log.read_text(encoding="utf-8")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, log.read_text(encoding="utf-8")
+                    time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        complaints = [line for line in log.read_text(encoding="utf-8").splitlines()
+                      if re.search(r"WARNING|ERROR|FATAL", line)]
+        assert not complaints, "\n".join(complaints)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_compose_api_service_is_reachable_on_loopback_and_checked_on_the_probe_path() -> None:
@@ -738,6 +896,25 @@ def test_the_image_holds_every_package_hookstream_installs() -> None:
     assert exposed >= {port for _, port in SERVICES.values()}
 
 
+def test_compose_kustomize_and_make_image_name_the_version_of_pyproject() -> None:
+    """One version, pyproject.toml's: `make image` tags the build with it, compose.yaml runs that tag,
+    and kustomization.yaml sets it on every hookstream container (test_kubectl_kustomize_builds_...)."""
+    version = project_version()
+    (kustomization,) = load_yaml(K8S / "kustomization.yaml")
+    assert kustomization["images"] == [{"name": IMAGE, "newTag": version}]
+    services = _compose()["services"]
+    built = [name for name, service in services.items() if "build" in service]
+    assert built and all(services[name]["image"] == f"{IMAGE}:{version}" for name in built)
+    make = need_tool("make", "make")
+    dry = run([make, "-s", "-n", "image"], cwd=ROOT)
+    assert dry.returncode == 0, dry.stderr
+    (command,) = [shlex.split(line) for line in dry.stdout.splitlines() if line.strip()]
+    assert command[:2] == ["docker", "build"] and command[-1] == "."
+    assert command[command.index("-t") + 1] == f"{IMAGE}:{version}"
+    assert (ROOT / command[command.index("-f") + 1]).resolve() == DEPLOY / "Dockerfile"
+    assert services["ingress"]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+
+
 def test_containers_have_requests_limits_and_run_as_the_image_user() -> None:
     match = re.search(r"^USER (\d+)(?::(\d+))?$", (DEPLOY / "Dockerfile").read_text(encoding="utf-8"), re.M)
     assert match, "the Dockerfile's USER must be numeric, for runAsNonRoot"
@@ -747,8 +924,12 @@ def test_containers_have_requests_limits_and_run_as_the_image_user() -> None:
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: resources.{bound}"
         security = pod_spec(workload)["securityContext"]
-        assert security["runAsNonRoot"] is True and security["runAsUser"] == uid, where
+        assert security["runAsNonRoot"] is True, where
+        # hookstream runs as the Dockerfile's user; another image as the numeric user it was built
+        # for (runAsNonRoot cannot check a user name), never root.
+        assert security["runAsUser"] == uid if runs_hookstream(container) else security["runAsUser"] > 0, where
         assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
 
 
 # -- KEDA ---------------------------------------------------------------------------------------
@@ -788,20 +969,26 @@ def test_scaled_object_scales_the_worker_on_hookstreams_own_keys() -> None:
 
 
 def test_worker_fleet_fits_the_inflight_cap_and_postgres() -> None:
-    """Processes past HOOKSTREAM_MAX_INFLIGHT_BATCHES never get a job; connections stay under
-    Postgres' default max_connections (deploy/README.md, "Connection sizing")."""
+    """Processes past HOOKSTREAM_MAX_INFLIGHT_BATCHES never get a job; PgBouncer takes every client
+    that goes through it, even all on one pod; Postgres connections stay under its default
+    max_connections (deploy/README.md, "Connection sizing")."""
     settings = settings_from_manifests()
     (scaled,) = objects("ScaledObject")
     (worker,) = pod_spec(by_component("worker"))["containers"]
     processes = parse_command(worker["command"]).processes
     max_processes = scaled["spec"]["maxReplicaCount"] * processes
     assert max_processes <= settings.max_inflight_batches
-    connections = (max_processes * settings.pg_pool_size
-                   + by_component("dispatch")["spec"]["replicas"] + 1)  # + one each dispatcher, + migrate
-    # Each API pod: its own pool, and the dashboard's.
+    api_pods = by_component("api")["spec"]["replicas"]
     api_pool = ApiConfig.from_env({**one("ConfigMap", "hookstream-config")["data"], "HOOKSTREAM_API_TOKENS": "x"}).pool_size
     dashboard_pool = inspect.signature(Dashboard).parameters["pool_size"].default
-    connections += by_component("api")["spec"]["replicas"] * (api_pool + dashboard_pool)
+    # Through PgBouncer: the workers' pools, one connection per dispatcher, each API pod's own pool.
+    clients = max_processes * settings.pg_pool_size + by_component("dispatch")["spec"]["replicas"] + api_pods * api_pool
+    bouncer = pgbouncer_ini()["pgbouncer"]
+    assert clients <= int(bouncer["max_client_conn"])
+    # Postgres: PgBouncer's server pools, migrate, and each API pod's read-only pools (its lookups on
+    # HOOKSTREAM_DATABASE_READ_URL and the dashboard's), which connect directly.
+    connections = (by_component("pgbouncer")["spec"]["replicas"] * int(bouncer["default_pool_size"])
+                   + 1 + api_pods * (api_pool + dashboard_pool))
     assert connections <= POSTGRES_MAX_CONNECTIONS
 
 
