@@ -14,7 +14,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 
-from hookstream import api, dead_letters, stats, status
+from hookstream import api, consent_cli, dead_letters, stats, status
 from shared import logs
 from shared.errors import ConfigError
 from shared.settings import PROVIDERS, Settings
@@ -161,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_replay)
 
     # Each command module adds its own subcommand.
-    for command in (status, dead_letters, stats, api):
+    for command in (status, dead_letters, stats, api, consent_cli):
         command.register(sub)
 
     p = sub.add_parser("run", help="run everything; embedded Redis and Postgres when no URLs are set")

@@ -43,15 +43,18 @@ from shared.settings import Settings
 def collect(settings: Settings) -> dict[str, Any]:
     """The report (`shared.reports.status`) on connections of this command's own."""
     redis = connections.cli_redis(settings)
+    queue_redis = connections.queue_client(settings, connections.Role.CLI, redis)
     try:
         try:
             conn = connections.connect(settings.database_url_or_default(), connections.Role.CLI)
         except psycopg.Error as exc:
-            return reports.status(settings, redis, None, reports.first_line(exc))
+            return reports.status(settings, redis, None, reports.first_line(exc), queue_redis=queue_redis)
         with conn:
-            return reports.status(settings, redis, conn)
+            return reports.status(settings, redis, conn, queue_redis=queue_redis)
     finally:
         redis.close()
+        if queue_redis is not redis:
+            queue_redis.close()
 
 
 def _n(value: Any, unit: str = "") -> str:

@@ -115,9 +115,21 @@ def worker_redis(settings: Settings) -> redis.Redis:
     return _redis(settings, Role.WORKER, settings.redis_url_or_default())
 
 
-def queue_redis(settings: Settings) -> redis.Redis:
-    """Where RQ's queues live: HOOKSTREAM_QUEUE_REDIS_URL, by default the stream's Redis."""
-    return _redis(settings, Role.QUEUE, settings.queue_redis_url_or_default())
+def queue_redis(settings: Settings, role: Role = Role.QUEUE) -> redis.Redis:
+    """Where RQ's queues live: HOOKSTREAM_QUEUE_REDIS_URL, by default the stream's Redis. With the
+    Sentinels, their primary (the URL gives its db, username and password)."""
+    return _redis(settings, role, settings.queue_redis_url_or_default())
+
+
+def queue_shares_stream_redis(settings: Settings) -> bool:
+    """RQ's queues live on the stream's own Redis: one client serves both."""
+    return settings.queue_redis_url is None
+
+
+def queue_client(settings: Settings, role: Role, stream_client: redis.Redis) -> redis.Redis:
+    """`role`'s client of the queue Redis: `stream_client` itself when the queues live there (one
+    connection where one suffices), else one of its own, which the caller closes too."""
+    return stream_client if queue_shares_stream_redis(settings) else queue_redis(settings, role)
 
 
 def cli_redis(settings: Settings) -> redis.Redis:

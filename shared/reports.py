@@ -54,7 +54,8 @@ def id_age_s(stream_id: bytes | str, now_ms: int) -> float:
     return round(max(0, now_ms - ms) / 1000, 1)
 
 
-def read_redis(redis: Redis, settings: Settings, report: dict[str, Any]) -> None:
+def read_redis(redis: Redis, settings: Settings, report: dict[str, Any], queue_redis: Redis | None = None) -> None:
+    """The stream's figures from `redis`, RQ's from `queue_redis` (by default the same client)."""
     seconds, micros = redis.time()
     now_ms = seconds * 1000 + micros // 1000
     length = int(redis.xlen(settings.stream))
@@ -70,6 +71,10 @@ def read_redis(redis: Redis, settings: Settings, report: dict[str, Any]) -> None
         if oldest:
             report["pending_oldest_age_s"] = id_age_s(oldest[0]["message_id"], now_ms)
             report["pending_oldest_idle_s"] = round(oldest[0]["time_since_delivered"] / 1000, 1)
+    read_queues(redis if queue_redis is None else queue_redis, settings, report)
+
+
+def read_queues(redis: Redis, settings: Settings, report: dict[str, Any]) -> None:
     queues = [Queue(name, connection=redis) for name in (settings.queue, settings.replay_queue)]
     report["queue_depth"], report["replay_queue_depth"] = (q.count for q in queues)
     report["workers"] = len({w.name for q in queues for w in Worker.all(queue=q)})
@@ -86,12 +91,14 @@ def read_postgres(conn: Conn, report: dict[str, Any]) -> None:
     report["events_per_minute"] = {p: round(n * 60 / WINDOW_S, 2) for p, n in per_provider}
 
 
-def status(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None) -> dict[str, Any]:
+def status(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None, *,
+           queue_redis: Redis | None = None) -> dict[str, Any]:
     """The status report, each source on its own: one being down never hides the other, its failure
-    is a line in `errors`. `conn` None: Postgres could not be reached (`pg_error` says why)."""
+    is a line in `errors`. `conn` None: Postgres could not be reached (`pg_error` says why).
+    `queue_redis`: where RQ's queues live, when not on the stream's Redis."""
     report = empty_report(settings)
     try:
-        read_redis(redis, settings, report)
+        read_redis(redis, settings, report, queue_redis)
     except RedisError as exc:
         report["errors"].append(f"redis: {first_line(exc)}")
     if conn is None:

@@ -114,6 +114,33 @@ def _duration_s(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+# Every variable that holds a secret (URLs carry passwords) may instead name a file that holds it:
+# HOOKSTREAM_<NAME>_FILE, as Docker and Kubernetes mount secrets.
+SECRET_VARIABLES = (
+    "HOOKSTREAM_REDIS_URL", "HOOKSTREAM_QUEUE_REDIS_URL", "HOOKSTREAM_DATABASE_URL", "HOOKSTREAM_DATABASE_READ_URL",
+    *(f"HOOKSTREAM_{p.upper()}_TOKEN" for p in PROVIDERS), "HOOKSTREAM_GATEWAYAPI_SECRET",
+    "HOOKSTREAM_GATEWAYAPI_WEBHOOK_SECRET", "HOOKSTREAM_API_TOKENS", "HOOKSTREAM_DASHBOARD_SECRET",
+)
+
+
+def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """`env` with each set HOOKSTREAM_<NAME>_FILE of SECRET_VARIABLES read into HOOKSTREAM_<NAME>
+    (the file's text without its trailing newline). Both set, or a file that cannot be read: an error."""
+    found: dict[str, str] = {}
+    for name in SECRET_VARIABLES:
+        path = env.get(f"{name}_FILE", "").strip()
+        if not path:
+            continue
+        if env.get(name, "").strip():
+            raise ConfigError(f"{name} and {name}_FILE are both set: keep one")
+        try:
+            with open(path, encoding="utf-8") as source:
+                found[name] = source.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path!r}: {exc.strerror}") from None
+    return {**env, **found} if found else env
+
+
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     secret = Secret(env.get(name, ""))
     return secret if secret.values else None
@@ -139,14 +166,11 @@ def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None
 
 
 def _queue_redis_url(env: Mapping[str, str]) -> str | None:
-    """Where RQ's queues live. For now only where the stream is: the dispatcher writes a job and its
-    stream-entry map in one MULTI, and a worker acknowledges an entry and drops it from that map in
-    one pipeline, both on the stream's Redis; queues elsewhere need those split first."""
-    url = env.get("HOOKSTREAM_QUEUE_REDIS_URL", "").strip() or None
-    if url is not None and url != (env.get("HOOKSTREAM_REDIS_URL") or DEFAULT_REDIS_URL):
-        raise ConfigError("HOOKSTREAM_QUEUE_REDIS_URL: RQ's queues must stay on HOOKSTREAM_REDIS_URL's Redis"
-                          " for now (the dispatcher enqueues there); leave it unset")
-    return url
+    """Where RQ's queues, jobs and the entry → job map live; None: on the stream's Redis.
+
+    Nothing there is the record of what is unfinished (the streams' pending entries are), so a
+    queue Redis lost, even restarted empty, loses no request: its entries are reclaimed."""
+    return env.get("HOOKSTREAM_QUEUE_REDIS_URL", "").strip() or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +227,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        env = with_secret_files(env)
         allowed: dict[str, NetList | None] = {}
         tokens: dict[str, Secret | None] = {}
         for provider in PROVIDERS:

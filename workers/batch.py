@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from redis import Redis
+from redis.exceptions import RedisError
 
 from shared.errors import DatabaseUnavailable
 from shared.record import RawRecord
@@ -160,24 +161,33 @@ def observe(metrics: WorkerMetrics, mode: str, entries: list[Entry], result: Wri
     metrics.batch_size.observe(len(entries))
     metrics.batch_seconds.observe(seconds)
     committed_at = time.time()
-    metrics.observe_events(event for entry in entries for event in entry.events)
+    metrics.observe_events((event for entry in entries for event in entry.events), mode)
     dead = collections.Counter(entry.record.provider if entry.record else "unknown"
                                for entry in entries if entry.dead_reason is not None)
     for provider, count in dead.items():
-        metrics.dead_letters.labels(provider).inc(count)
+        metrics.dead_letters.labels(mode, provider).inc(count)
     if mode == "live":
         for entry in entries:
             if entry.dead_reason is None and entry.record is not None:
                 metrics.commit_lag.observe(max(committed_at - entry.record.received_at_ms / 1000, 0.0))
     for change in result.changes:
-        metrics.consent_changes.labels(change["outcome"]).inc()
+        metrics.consent_changes.labels(mode, change["outcome"]).inc()
 
 
-def ack(redis: Redis, settings: Settings, ids: list[str]) -> None:
-    pipe = redis.pipeline(transaction=False)
-    pipe.xack(settings.stream, settings.group, *ids)
-    pipe.hdel(settings.inflight_key, *ids)
-    pipe.execute()
+def ack(redis: Redis, queue_redis: Redis, settings: Settings, ids: list[str]) -> None:
+    """XACK on the stream, then the entries' rows of the entry → job map on the queue Redis.
+
+    The acknowledgement is the one that matters, so it comes first and its failure fails the job
+    (the entries stay pending and are reclaimed; their events are keyed, so writing them again
+    changes nothing). The map's rows only point at the job: one left behind by a queue Redis that
+    failed in between is never read (its entry is no longer pending), so that failure is logged,
+    not raised."""
+    redis.xack(settings.stream, settings.group, *ids)
+    try:
+        queue_redis.hdel(settings.inflight_key, *ids)
+    except RedisError as exc:
+        log.warning("acknowledged %d entries, but the queue Redis kept their job rows (%s)", len(ids),
+                    type(exc).__name__)
 
 
 def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = None) -> dict[str, Any]:
@@ -187,7 +197,7 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = N
     result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8)
     park(ctx.redis, ctx.settings, result.parked)
     observe(ctx.metrics, "live", entries, result, time.perf_counter() - started)
-    ack(ctx.redis, ctx.settings, ids)
+    ack(ctx.redis, ctx.queue_redis, ctx.settings, ids)
     return result.summary(entries=len(entries), missing=len(ids) - len(entries),
                           seconds=round(time.perf_counter() - started, 4))
 

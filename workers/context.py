@@ -1,4 +1,4 @@
-"""What a worker process holds: settings, one Redis client, one small Postgres pool.
+"""What a worker process holds: settings, the stream's and the queue's Redis clients, one small Postgres pool.
 
 RQ calls job functions by import path, so each process builds its context once, lazily, after
 any fork (a pool made before a fork must not be used after it); tests install their own.
@@ -25,25 +25,30 @@ from workers.normalize import NormalizeContext
 @dataclass
 class WorkerContext:
     settings: Settings
-    redis: Redis
+    redis: Redis  # the stream's: a job's entries, their acknowledgement, the parked stream
     pool: ConnectionPool
     normalize: NormalizeContext
     metrics: WorkerMetrics
+    queue_redis: Redis  # RQ's: the entry → job map, the replay queue; `redis` when they share a server
 
     @classmethod
     def open(cls, settings: Settings, registry: CollectorRegistry | None = None) -> WorkerContext:
         """`registry`: None for the process's default one (served by `hookstream worker`)."""
+        redis = connections.worker_redis(settings)
         return cls(
             settings=settings,
-            redis=connections.worker_redis(settings),
+            redis=redis,
             pool=connections.worker_pool(settings.database_url_or_default(), settings.pg_pool_size),
             normalize=normalize_context(settings),
             metrics=WorkerMetrics(registry),
+            queue_redis=connections.queue_client(settings, connections.Role.WORKER, redis),
         )
 
     def close(self) -> None:
         self.pool.close()
         self.redis.close()
+        if self.queue_redis is not self.redis:
+            self.queue_redis.close()
 
 
 def normalize_context(settings: Settings) -> NormalizeContext:

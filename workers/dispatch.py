@@ -141,13 +141,19 @@ def job_state(job: Job | None, *, now: float, run_limit_s: float, taken: set[str
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, redis: Redis, *, name: str | None = None,
-                 metrics: DispatchMetrics | None = None) -> None:
+    """`redis`: the stream's client (reads, claims, trimming); `queue_redis`: RQ's (jobs, their
+    states, the entry → job map, the in-flight count), by default the same client."""
+
+    def __init__(self, settings: Settings, redis: Redis, *, queue_redis: Redis | None = None,
+                 name: str | None = None, metrics: DispatchMetrics | None = None) -> None:
         self.settings = settings
         self.redis = redis
+        self.queue_redis = queue_redis if queue_redis is not None else redis
         self.metrics = metrics or DispatchMetrics(CollectorRegistry())
         self.name = name or consumer_name()
-        self.queue = make_queue(settings.queue, redis)
+        self.queue = make_queue(settings.queue, self.queue_redis)
+        self._outage_since: float | None = None
+        self._unsent: list[str] = []  # read, not yet enqueued (see `step`)
 
     # -- group -------------------------------------------------------------------------------
 
@@ -169,7 +175,7 @@ class Dispatcher:
         entry of a worker that died stays until RQ's 10-minute maintenance. Only live ones count,
         or a few dead workers would stop the reading for minutes.
         """
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.queue_redis.pipeline(transaction=False)
         pipe.llen(self.queue.key)
         pipe.zcount(self.queue.started_job_registry.key, time.time(), "+inf")
         return sum(pipe.execute())
@@ -200,7 +206,7 @@ class Dispatcher:
     def enqueue(self, ids: list[str], *, attempt: int = 1, dead_reason: str | None = None) -> Job:
         s = self.settings
         job_id = batch_job_id(ids, attempt)
-        pipe = self.redis.pipeline()
+        pipe = self.queue_redis.pipeline()
         if dead_reason is None:
             job = self.queue.enqueue_call(PROCESS_JOB, args=(ids,), job_id=job_id, timeout=s.job_timeout_s,
                                           result_ttl=s.result_ttl_s, failure_ttl=s.failure_ttl_s, pipeline=pipe)
@@ -208,7 +214,9 @@ class Dispatcher:
             job = self.queue.enqueue_call(DEAD_LETTER_JOB, args=(ids, dead_reason), job_id=job_id,
                                           timeout=s.job_timeout_s, result_ttl=s.result_ttl_s,
                                           failure_ttl=s.failure_ttl_s, pipeline=pipe)
-        # In the same MULTI as the job (RQ opens it): the job → entries map is never half-written.
+        # In the same MULTI as the job (RQ opens it), on the queue Redis: the job → entries map is
+        # never half-written, and is lost only with the jobs it names (their entries are then gone:
+        # reclaimed after the visibility timeout).
         pipe.hset(s.inflight_key, mapping={sid: job_id for sid in ids})
         pipe.execute()
         self.metrics.batches.inc()
@@ -220,7 +228,7 @@ class Dispatcher:
         """Of these queued-status jobs, those not in the queue and without a live started entry."""
         if not queued:
             return set()
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.queue_redis.pipeline(transaction=False)
         pipe.lrange(self.queue.key, 0, -1)
         pipe.zrangebyscore(self.queue.started_job_registry.key, time.time(), "+inf")  # entries are job_id:execution
         waiting, running = pipe.execute()
@@ -228,7 +236,7 @@ class Dispatcher:
         return {job_id for job_id in queued if job_id not in alive}
 
     def job_states(self, job_ids: list[str]) -> dict[str, JobState]:
-        jobs = dict(zip(job_ids, Job.fetch_many(job_ids, connection=self.redis, serializer=JSONSerializer)))
+        jobs = dict(zip(job_ids, Job.fetch_many(job_ids, connection=self.queue_redis, serializer=JSONSerializer)))
         taken = self._taken_and_abandoned([job_id for job_id, job in jobs.items()
                                            if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED])
         now, run_limit_s = time.time(), self.settings.job_timeout_s + STARTED_GRACE_S
@@ -242,7 +250,7 @@ class Dispatcher:
         if not pending:
             return 0
         ids = [p["message_id"].decode() for p in pending]
-        job_of = {sid: j.decode() if j else None for sid, j in zip(ids, self.redis.hmget(s.inflight_key, ids))}
+        job_of = {sid: j.decode() if j else None for sid, j in zip(ids, self.queue_redis.hmget(s.inflight_key, ids))}
         states = self.job_states(sorted({j for j in job_of.values() if j}))
         over = [sid for sid in ids if state_of(job_of[sid], states).over]
         if not over:
@@ -277,15 +285,40 @@ class Dispatcher:
     # -- the loop ----------------------------------------------------------------------------
 
     def step(self, first_block_ms: int = 1000) -> int:
-        """At most one batch, unless enough are in flight. Returns entries enqueued."""
+        """At most one batch, unless enough are in flight. Returns entries enqueued.
+
+        A batch read but not enqueued (the queue Redis went away in between) is enqueued first at
+        the next step; should this process die meanwhile, its entries are pending without a job
+        and reclaimed after the visibility timeout."""
+        if self._unsent:
+            self.enqueue(self._unsent)
+            self.metrics.enqueued.inc(len(self._unsent))
+            sent, self._unsent = len(self._unsent), []
+            return sent
         if self.inflight() >= self.settings.max_inflight_batches:
             time.sleep(0.005)
             return 0
         ids = self.read_batch(first_block_ms)
         if ids:
+            self._unsent = ids
             self.enqueue(ids)
+            self._unsent = []
             self.metrics.enqueued.inc(len(ids))
         return len(ids)
+
+    def _unavailable(self, exc: Exception, backoff: float) -> None:
+        """An outage is logged when it starts and when it ends, not at every retry."""
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning("redis unavailable (%s: %s), retrying every %.1f-5 s", type(exc).__name__,
+                        str(exc)[:200], backoff)
+        else:
+            log.debug("redis still unavailable (%s)", type(exc).__name__)
+
+    def _available(self) -> None:
+        if self._outage_since is not None:
+            log.warning("redis available again after %.1f s", time.monotonic() - self._outage_since)
+            self._outage_since = None
 
     def run(self, stop: threading.Event) -> None:
         log.info("dispatching %s as %s", self.settings.stream, self.name)
@@ -299,6 +332,7 @@ class Dispatcher:
                         group_ready = True
                     upkeep.run_due()
                     self.step()
+                    self._available()
                     backoff = 0.1
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
@@ -306,7 +340,7 @@ class Dispatcher:
                     log.warning("consumer group missing (Redis restarted?), creating it again")
                     group_ready = False
                 except (RedisConnectionError, RedisTimeoutError) as exc:
-                    log.warning("redis unavailable (%s), retrying in %.1fs", type(exc).__name__, backoff)
+                    self._unavailable(exc, backoff)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
 

@@ -182,7 +182,7 @@ def replay(ctx: WorkerContext, selection: Selection, *, from_archive: bool = Fal
         else:
             # Jobs carry ids, never bodies: the worker reads the records itself.
             jobs = pages if from_archive else ([sid for sid, _ in chunk] for chunk in pages)
-            total, failed = run_jobs(ctx.redis, settings, ARCHIVE_JOB if from_archive else STREAM_JOB, jobs,
+            total, failed = run_jobs(ctx.queue_redis, settings, ARCHIVE_JOB if from_archive else STREAM_JOB, jobs,
                                      progress, settings.max_inflight_batches)
     progress.close()
     seconds = time.monotonic() - started

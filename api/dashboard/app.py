@@ -139,6 +139,7 @@ class Dashboard:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self._redis: Redis | None = None
+        self._queue_redis: Redis | None = None  # None while it is `_redis` (RQ's queues live there)
 
     # -- resources --------------------------------------------------------------------------------
 
@@ -159,6 +160,14 @@ class Dashboard:
                 self._redis = connections.dashboard_redis(self.settings)
             return self._redis
 
+    def queue_redis(self) -> Redis:
+        """Where RQ's queues live: the stream's client unless HOOKSTREAM_QUEUE_REDIS_URL names another."""
+        redis = self.redis()
+        with self._lock:
+            if self._queue_redis is None and not connections.queue_shares_stream_redis(self.settings):
+                self._queue_redis = connections.queue_redis(self.settings, connections.Role.DASHBOARD)
+            return self._queue_redis or redis
+
     def close(self) -> None:
         self.cache.close()
         with self._lock:
@@ -168,16 +177,19 @@ class Dashboard:
             if self._redis is not None:
                 self._redis.close()
                 self._redis = None
+            if self._queue_redis is not None:
+                self._queue_redis.close()
+                self._queue_redis = None
 
     # -- sections (sync: run in the thread pool) ---------------------------------------------------
 
     def _flow(self) -> dict[str, Any]:
-        redis = self.redis()
+        redis, queue_redis = self.redis(), self.queue_redis()
         try:
             with self.pool().connection() as conn:
-                return data.flow(self.settings, redis, conn)
+                return data.flow(self.settings, redis, conn, queue_redis=queue_redis)
         except (PoolTimeout, psycopg.OperationalError) as exc:
-            return data.flow(self.settings, redis, None, first_line(exc))
+            return data.flow(self.settings, redis, None, first_line(exc), queue_redis=queue_redis)
 
     def _postgres_section(self, read: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
         try:

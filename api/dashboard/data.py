@@ -93,8 +93,9 @@ def minute_series(rows: Iterable[Row], start: datetime, minutes: int = FLOW_MINU
             "total": sum(s["total"] for s in series)}
 
 
-def flow(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None) -> dict[str, Any]:
-    report = reports.status(settings, redis, conn, pg_error)
+def flow(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None, *,
+         queue_redis: Redis | None = None) -> dict[str, Any]:
+    report = reports.status(settings, redis, conn, pg_error, queue_redis=queue_redis)
     out: dict[str, Any] = {"status": report, "per_minute": None, "dead_letters": None, "errors": list(report["errors"])}
     if conn is None or any(e.startswith("postgres:") for e in report["errors"]):
         return out

@@ -125,13 +125,13 @@ def test_sentinel_settings() -> None:
             Settings.from_env({"HOOKSTREAM_REDIS_SENTINELS": bad})
 
 
-def test_the_queue_redis_is_the_streams_until_the_dispatcher_can_use_another() -> None:
+def test_the_queue_redis_defaults_to_the_streams_and_may_be_another() -> None:
     assert Settings.from_env({}).queue_redis_url_or_default() == Settings.from_env({}).redis_url_or_default()
-    same = {"HOOKSTREAM_REDIS_URL": "redis://r:6379/1", "HOOKSTREAM_QUEUE_REDIS_URL": "redis://r:6379/1"}
-    assert Settings.from_env(same).queue_redis_url_or_default() == "redis://r:6379/1"
-    with pytest.raises(ConfigError, match="HOOKSTREAM_QUEUE_REDIS_URL"):
-        Settings.from_env({**same, "HOOKSTREAM_QUEUE_REDIS_URL": "redis://elsewhere:6379/0"})
-    assert "r:6379" not in repr(Settings.from_env(same))  # URLs may carry passwords
+    assert connections.queue_shares_stream_redis(Settings.from_env({}))
+    other = {"HOOKSTREAM_REDIS_URL": "redis://r:6379/1", "HOOKSTREAM_QUEUE_REDIS_URL": "redis://elsewhere:6379/0"}
+    assert Settings.from_env(other).queue_redis_url_or_default() == "redis://elsewhere:6379/0"
+    assert not connections.queue_shares_stream_redis(Settings.from_env(other))
+    assert "elsewhere" not in repr(Settings.from_env(other))  # URLs may carry passwords
 
 
 def test_the_commands_settings() -> None:
