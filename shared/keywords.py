@@ -15,6 +15,9 @@ from types import MappingProxyType
 
 from shared.events import Outcome
 
+# The version of the default keyword policy, recorded on every consent change it decided: raise it
+# whenever a keyword, a filler or a matching rule changes, so that evidence names the rules applied.
+POLICY_VERSION = "1"
 MAX_FILLER_UNITS = 4  # §1 rule 2
 OPT_OUTS = frozenset({Outcome.OPT_OUT, Outcome.OPT_OUT_ALL})
 # Characters each translate table remembers (a key is one code point: only their number needs a

@@ -141,6 +141,13 @@ def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
     return {**env, **found} if found else env
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name}: {value[:40]!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     secret = Secret(env.get(name, ""))
     return secret if secret.values else None
@@ -204,6 +211,8 @@ class Settings:
     status_retention_s: int = 400 * 86400  # final message_status rows, by when we received their status
     consent_evidence_retention_s: int = 5 * 365 * 86400  # consent_changes; consent itself is never dropped
     default_region: str | None = None
+    opt_out_reach: str = "scope"  # scope: an opt-out reaches its own scope; all: every scope of the subject
+    erasure_key: Secret | None = None  # HMAC key of erasure (DELETE /v1/subjects/...); the first value hashes
     gatewayapi_keywords: frozenset[str] = frozenset()
     batch_size: int = 500
     batch_wait_ms: int = 50
@@ -267,6 +276,8 @@ class Settings:
             status_retention_s=_duration_s(env, "HOOKSTREAM_STATUS_RETENTION", 400 * 86400),
             consent_evidence_retention_s=_duration_s(env, "HOOKSTREAM_CONSENT_EVIDENCE_RETENTION", 5 * 365 * 86400),
             default_region=(env.get("HOOKSTREAM_DEFAULT_REGION", "").strip().upper() or None),
+            opt_out_reach=_choice(env, "HOOKSTREAM_OPT_OUT_REACH", ("scope", "all"), "scope"),
+            erasure_key=_secret(env, "HOOKSTREAM_ERASURE_KEY"),
             gatewayapi_keywords=frozenset(k.strip().casefold() for k in keywords.split(",") if k.strip()),
             batch_size=_int(env, "HOOKSTREAM_BATCH_SIZE", 500, minimum=1),
             batch_wait_ms=_int(env, "HOOKSTREAM_BATCH_WAIT_MS", 50),

@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from redis import Redis
 from redis.exceptions import RedisError
 
+from shared.consent import REACH_SCOPE
 from shared.errors import DatabaseUnavailable
 from shared.record import RawRecord
 from shared.settings import Settings
@@ -91,18 +92,18 @@ def _refusal(exc: BaseException) -> str:
 
 
 def write_bisecting(pool: ConnectionPool, entries: list[Entry], *, replay: bool = False,
-                    wait_s: float | None = None) -> WriteResult:
+                    wait_s: float | None = None, reach: str = REACH_SCOPE) -> WriteResult:
     """`wait_s`: how long to wait for a pooled connection (None: the pool's own 30 s)."""
     try:
         with pool.connection(timeout=wait_s) as conn, conn.transaction():
-            return write_entries(conn, entries, replay=replay)
+            return write_entries(conn, entries, replay=replay, reach=reach)
     except Exception as exc:
         if is_outage(exc):
             raise
         if len(entries) > 1:
             middle = len(entries) // 2
-            return _merge(write_bisecting(pool, entries[:middle], replay=replay, wait_s=wait_s),
-                          write_bisecting(pool, entries[middle:], replay=replay, wait_s=wait_s))
+            return _merge(write_bisecting(pool, entries[:middle], replay=replay, wait_s=wait_s, reach=reach),
+                          write_bisecting(pool, entries[middle:], replay=replay, wait_s=wait_s, reach=reach))
         return dead_letter(pool, entries[0], _refusal(exc), replay=replay, wait_s=wait_s)
 
 
@@ -135,7 +136,7 @@ def park(redis: Redis, settings: Settings, parked: list[Entry]) -> None:
 
 
 def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float, *,
-                     replay: bool = False) -> WriteResult:
+                     replay: bool = False, reach: str = REACH_SCOPE) -> WriteResult:
     """Retry connection trouble with backoff within `budget_s`, then fail with DatabaseUnavailable.
 
     Waiting for a pooled connection is bounded by what is left of the budget: the pool's own
@@ -145,7 +146,8 @@ def write_with_retry(pool: ConnectionPool, entries: list[Entry], budget_s: float
     delay = 0.1
     while True:
         try:
-            return write_bisecting(pool, entries, replay=replay, wait_s=max(deadline - time.monotonic(), 0.1))
+            return write_bisecting(pool, entries, replay=replay, wait_s=max(deadline - time.monotonic(), 0.1),
+                                   reach=reach)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -194,7 +196,7 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = N
     """Process stream entries `ids` and acknowledge them; with `dead_reason`, dead-letter them all."""
     started = time.perf_counter()
     entries = normalize_batch(read_entries(ctx.redis, ctx.settings.stream, ids), ctx.normalize, dead_reason)
-    result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8)
+    result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8, reach=ctx.settings.opt_out_reach)
     park(ctx.redis, ctx.settings, result.parked)
     observe(ctx.metrics, "live", entries, result, time.perf_counter() - started)
     ack(ctx.redis, ctx.queue_redis, ctx.settings, ids)
@@ -212,9 +214,10 @@ def replay_entries(ctx: WorkerContext, raw: list[RawEntry], *, dry_run: bool = F
     entries = normalize_batch(raw, ctx.normalize)
     if dry_run:
         with ctx.pool.connection() as conn, conn.transaction(force_rollback=True):
-            result = write_entries(conn, entries, replay=True)
+            result = write_entries(conn, entries, replay=True, reach=ctx.settings.opt_out_reach)
     else:
-        result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8, replay=True)
+        result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8, replay=True,
+                                  reach=ctx.settings.opt_out_reach)
         observe(ctx.metrics, "replay", entries, result, time.perf_counter() - started)
     return result.summary(entries=len(entries), seconds=round(time.perf_counter() - started, 4))
 

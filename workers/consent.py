@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import psycopg
 
 from shared import consent
-from shared.consent import OUTCOME_STATE, Signal
+from shared.consent import KEYWORD, OUTCOME_STATE, PROVIDER_SIGNAL, REACH_SCOPE, Signal, archive_key
 from shared.events import Event
 
 
@@ -23,20 +23,29 @@ class Received(Protocol):
     @property
     def received_at(self) -> datetime: ...
 
+    @property
+    def stream_id(self) -> str | None: ...
+
 
 Item = tuple[Event, Received]
 
 
 def signals_of(items: Sequence[Item]) -> list[Signal]:
-    """The consent signals among the events, each at its provider time (the receive time when none)."""
+    """The consent signals among the events, each at its provider time (the receive time when none),
+    with its evidence: the stream entry and archive row it came in, the provider's message id, the text.
+    An inbound text decided by the keyword policy is a `keyword` change; a provider's own verdict
+    (Mx2 optout/yes, smsmode 3999) is a `provider_signal`."""
     return [
         Signal(event.dedupe_key, event.phone, event.scope, event.consent, event.occurred_at or record.received_at,
-               record.received_at, event.keyword, event.provider)
+               record.received_at, event.keyword, event.provider,
+               source=KEYWORD if event.outcome in OUTCOME_STATE else PROVIDER_SIGNAL, stream_id=record.stream_id,
+               archive_key=archive_key(record.received_at, record.stream_id) if record.stream_id else None,
+               provider_message_id=event.provider_event_id, inbound_text=event.body)
         for event, record in items
         if event.consent in OUTCOME_STATE and event.phone and event.scope
     ]
 
 
-def apply(cur: psycopg.Cursor[Any], items: Sequence[Item]) -> list[dict[str, Any]]:
+def apply(cur: psycopg.Cursor[Any], items: Sequence[Item], reach: str = REACH_SCOPE) -> list[dict[str, Any]]:
     """Apply the consent signals of a batch's events in the caller's transaction."""
-    return consent.apply(cur, signals_of(items))
+    return consent.apply(cur, signals_of(items), reach=reach)

@@ -38,11 +38,9 @@ STATUS_SQL = (
     "DELETE FROM message_status WHERE ctid = ANY(ARRAY(SELECT ctid FROM message_status WHERE received_at < %s"
     " AND status IN ('delivered', 'failed', 'expired', 'rejected') LIMIT %s))"  # message_status_final_received
 )
-EVIDENCE_SQL = (
-    "DELETE FROM consent_changes WHERE id = ANY(ARRAY(SELECT cc.id FROM consent_changes cc"
-    " WHERE cc.occurred_at < %s AND NOT EXISTS (SELECT 1 FROM consent c WHERE c.subject = cc.subject"
-    " AND c.scope = cc.scope AND c.event_key = cc.event_key) LIMIT %s))"
-)
+# consent_changes is append-only (migration 009): its retention is a procedure of the database that
+# may delete, keeps the links of each subject's hash chain and logs what it removed; one row per id.
+EVIDENCE_SQL = "SELECT * FROM consent_evidence_retention(%s, %s)"
 
 
 def delete_batches(conn: psycopg.Connection[Any], sql: str, cutoff: Any, *, batch: int = BATCH,

@@ -14,6 +14,7 @@ from typing import Annotated, Any, NamedTuple, get_type_hints
 import orjson
 import psycopg
 
+from shared.consent import REACH_SCOPE
 from shared.events import Event, Kind
 from shared.record import RawRecord
 from workers import consent
@@ -182,6 +183,8 @@ DEAD_SQL = (
     + " ON CONFLICT (stream_id) DO UPDATE SET reason = excluded.reason, last_seen = now(),"
     " attempts = dead_letters.attempts + 1"
 )
+# A replay is not another delivery: it may correct the reason, never count a try.
+DEAD_REPLAY_SQL = _insert("dead_letters") + " ON CONFLICT (stream_id) DO UPDATE SET reason = excluded.reason"
 
 ARCHIVE_SQL = _insert("raw_archive") + " ON CONFLICT DO NOTHING"
 # A replay that turns a dead letter into events has repaired it.
@@ -364,8 +367,9 @@ def _dead_row(entry: Entry) -> DeadRow:
     )
 
 
-def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: bool = False) -> WriteResult:
-    """Write one batch in the caller's transaction."""
+def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: bool = False,
+                  reach: str = REACH_SCOPE) -> WriteResult:
+    """Write one batch in the caller's transaction; `reach`: HOOKSTREAM_OPT_OUT_REACH."""
     result = WriteResult()
     items = unique_events(entries)
     with conn.cursor() as cur:
@@ -381,7 +385,7 @@ def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: boo
             if statuses:
                 cur.execute(STATUS_SQL, _columns(statuses, len(STATUS_COLUMNS)))
                 result.statuses = max(cur.rowcount, 0)
-            result.changes = consent.apply(cur, signals)
+            result.changes = consent.apply(cur, signals, reach)
             result.consent_changes = len(result.changes)
         archived = [_archive_row(entry.record) for entry in entries if entry.record is not None]
         if archived and not replay:
@@ -392,6 +396,6 @@ def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: boo
                 cur.execute(REPAIRED_SQL, (repaired,))
         dead = [_dead_row(entry) for entry in entries if entry.dead_reason is not None]
         if dead:
-            cur.execute(DEAD_SQL, _columns(dead, len(DEAD_COLUMNS)))
+            cur.execute(DEAD_REPLAY_SQL if replay else DEAD_SQL, _columns(dead, len(DEAD_COLUMNS)))
             result.dead_letters = len(dead)
     return result

@@ -78,7 +78,8 @@ def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(api: TestC
 def test_a_rolled_back_change_never_appears(api: TestClient, database_url: str, clean: psycopg.Connection) -> None:
     with psycopg.connect(database_url) as gone:
         insert_change(gone, "k-gone")
-        kept = insert_change(clean, "k-kept")
+        # Another subject: a writer of the same subject waits for the first (its chain's lock).
+        kept = insert_change(clean, "k-kept", subject="+4587654321")
         gone.rollback()
     assert [c["change_id"] for c in read_all(api)[0]] == [kept]
 
