@@ -8,13 +8,21 @@ sets before anything imports prometheus_client), and the parent serves the sum.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared.events import Event
+from shared.settings import IPAddress, NetList
+
+WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
 log = logging.getLogger("hookstream.metrics")
 
@@ -22,18 +30,41 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
-def serve(port: int, registry: CollectorRegistry | None = None) -> None:
-    """The /metrics endpoint on `port` (0: none); a port in use is logged, never fatal."""
+def guarded(app: WSGIApp, allowed: NetList) -> WSGIApp:
+    """`app` for the addresses `allowed` admits (HOOKSTREAM_METRICS_ALLOWED_IPS, as on the ingress);
+    403 for any other. The TCP peer is the client: these ports are scraped directly, not proxied."""
+
+    def guard(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            client: IPAddress | None = ipaddress.ip_address(environ.get("REMOTE_ADDR", "").removeprefix("::ffff:"))
+        except ValueError:
+            client = None
+        if not allowed.admits(client):
+            start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+            return [b"forbidden\n"]
+        result: Iterable[bytes] = app(environ, start_response)
+        return result
+
+    return guard
+
+
+def serve(port: int, registry: CollectorRegistry | None = None, allowed: NetList | None = None) -> None:
+    """The /metrics endpoint on `port` (0: none), for `allowed` only (None: everyone); a port in use
+    is logged, never fatal."""
     if not port:
         return
     if registry is None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
+    app = make_wsgi_app(registry)
     try:
-        start_http_server(port, registry=registry)
-        log.info("metrics on :%d/metrics", port)
+        server = make_server("0.0.0.0", port, guarded(app, allowed) if allowed is not None else app,
+                             ThreadingWSGIServer, handler_class=_SilentHandler)
     except OSError as exc:
         log.warning("metrics port %d unavailable (%s); running without /metrics", port, exc.strerror)
+        return
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics on :%d/metrics", port)
 
 
 class WorkerMetrics:
@@ -41,13 +72,14 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         reg = registry if registry is not None else REGISTRY
-        self.events = Counter("hookstream_worker_events", "Normalized events written, by provider, kind and"
-                              " keyword outcome (inbound texts) or status.", ["provider", "kind", "outcome"],
-                              registry=reg)
-        self.dead_letters = Counter("hookstream_worker_dead_letters", "Records dead-lettered, by provider.",
-                                    ["provider"], registry=reg)
-        self.consent_changes = Counter("hookstream_worker_consent_changes", "Consent changes applied.",
-                                       ["outcome"], registry=reg)
+        # `mode`: live traffic or a replay, so that a replay never shows as traffic.
+        self.events = Counter("hookstream_worker_events", "Normalized events written, by mode (live, replay),"
+                              " provider, kind and keyword outcome (inbound texts) or status.",
+                              ["mode", "provider", "kind", "outcome"], registry=reg)
+        self.dead_letters = Counter("hookstream_worker_dead_letters", "Records dead-lettered, by mode and provider.",
+                                    ["mode", "provider"], registry=reg)
+        self.consent_changes = Counter("hookstream_worker_consent_changes", "Consent changes applied, by mode.",
+                                       ["mode", "outcome"], registry=reg)
         self.batches = Counter("hookstream_worker_batches", "Batches processed, by mode (live, replay) and result.",
                                ["mode", "result"], registry=reg)
         self.batch_size = Histogram("hookstream_worker_batch_size", "Stream entries per batch.",
@@ -57,11 +89,11 @@ class WorkerMetrics:
         self.commit_lag = Histogram("hookstream_worker_commit_lag_seconds", "From the ingress's 200 (receive time)"
                                     " to the commit of the record's batch.", buckets=LAG_BUCKETS, registry=reg)
 
-    def observe_events(self, events: Iterable[Event]) -> None:
+    def observe_events(self, events: Iterable[Event], mode: str = "live") -> None:
         """Counted first, then one increment per label set: a batch has a handful of them, and
         each increment of a multiprocess counter writes to its mmap file."""
         counts = collections.Counter(
-            (event.provider, str(event.kind), str(event.outcome or event.status or event.consent or "none"))
+            (mode, event.provider, str(event.kind), str(event.outcome or event.status or event.consent or "none"))
             for event in events)
         for labels, count in counts.items():
             self.events.labels(*labels).inc(count)

@@ -66,11 +66,11 @@ def test_worker_pool_serves_the_sum_of_its_processes(settings: Settings, redis_c
     finally:
         worker.terminate()
         worker.wait(30)
-    assert sample(text, 'hookstream_worker_events_total{kind="inbound",outcome="opt_out",provider="cm"}') == 1
-    assert sample(text, 'hookstream_worker_events_total{kind="inbound",outcome="none",provider="cm"}') == 19
-    assert sample(text, 'hookstream_worker_events_total{kind="status",outcome="delivered",provider="gatewayapi"}') == 20
-    assert sample(text, 'hookstream_worker_dead_letters_total{provider="mx2"}') == 1
-    assert sample(text, 'hookstream_worker_consent_changes_total{outcome="opt_out"}') == 1
+    assert sample(text, 'hookstream_worker_events_total{kind="inbound",mode="live",outcome="opt_out",provider="cm"}') == 1
+    assert sample(text, 'hookstream_worker_events_total{kind="inbound",mode="live",outcome="none",provider="cm"}') == 19
+    assert sample(text, 'hookstream_worker_events_total{kind="status",mode="live",outcome="delivered",provider="gatewayapi"}') == 20
+    assert sample(text, 'hookstream_worker_dead_letters_total{mode="live",provider="mx2"}') == 1
+    assert sample(text, 'hookstream_worker_consent_changes_total{mode="live",outcome="opt_out"}') == 1
     assert sample(text, "hookstream_worker_batch_size_count") >= 3
     assert sample(text, "hookstream_worker_commit_lag_seconds_count") == 40
     promtool_accepts(text)
