@@ -825,14 +825,47 @@ def _systemd_units() -> dict[str, configparser.ConfigParser]:
     return units
 
 
+def _exec_argv(exec_start: str, instance: str) -> list[str]:
+    """ExecStart= as systemd runs it: the instance specifier %i (and %%) replaced, split with quotes,
+    `$$` made `$`. The units use no other specifier and no environment variable of systemd's."""
+    assert not re.search(r"%[^i%]", exec_start), f"a specifier this test does not expand: {exec_start}"
+    text = re.sub(r"%[i%]", lambda match: instance if match.group() == "%i" else "%", exec_start)
+    assert not re.search(r"\$(?!\$)", text.replace("$$", "")), f"systemd would expand a variable: {exec_start}"
+    return [arg.replace("$$", "$") for arg in shlex.split(text)]
+
+
+def _as_started(exec_start: str, instance: str = "1") -> tuple[dict[str, str], list[str]]:
+    """(the HOOKSTREAM_* variables the command line sets, the hookstream argv) of a unit's ExecStart.
+    A `/bin/sh -c` line is run by the real shell, with a stub in place of the hookstream binary that
+    prints what it was given."""
+    argv = _exec_argv(exec_start, instance)
+    assert argv[0].startswith("/"), f"ExecStart needs an absolute path: {exec_start}"
+    if argv[:2] != ["/bin/sh", "-c"]:
+        return {}, argv
+    (binary,) = set(re.findall(r"/\S+/hookstream\b", argv[2]))
+    with tempfile.TemporaryDirectory() as folder:
+        stub = Path(folder) / "hookstream"
+        stub.write_text('#!/bin/sh\nenv | grep "^HOOKSTREAM_"\necho --\nprintf "%s\\n" "$0" "$@"\n', encoding="utf-8")
+        stub.chmod(0o755)
+        shell = run(["/bin/sh", "-c", argv[2].replace(binary, str(stub))], env={"PATH": os.defpath})
+    assert shell.returncode == 0, shell.stderr
+    variables, _, started = shell.stdout.partition("--\n")
+    env = dict(line.split("=", 1) for line in variables.splitlines())
+    return env, [binary, *started.splitlines()[1:]]
+
+
 def test_systemd_units_start_real_hookstream_subcommands() -> None:
     started = {}
     for name, unit in _systemd_units().items():
-        argv = shlex.split(unit["Service"]["ExecStart"])
-        assert argv[0].startswith("/"), f"{name}: ExecStart needs an absolute path"
+        env, argv = _as_started(unit["Service"]["ExecStart"])
         started[name] = parse_command(argv).command
+        assert set(env) <= variables_the_code_reads(), name
     assert started == {"hookstream-dispatch.service": "dispatch", "hookstream-ingress.service": "ingress",
-                       "hookstream-worker@.service": "worker", "hookstream-api.service": "api"}
+                       "hookstream-worker@.service": "worker", "hookstream-api.service": "api",
+                       "hookstream-migrate.service": "migrate"}
+    # migrate runs once, by hand or before an upgrade, not as a service that restarts.
+    migrate = _systemd_units()["hookstream-migrate.service"]
+    assert migrate["Service"]["Type"] == "oneshot" and "Install" not in migrate
     # The API's tokens live in a file of its own, which no other unit reads (read as text: the
     # parser above keeps only the last of repeated keys).
     for path in sorted(SYSTEMD.glob("*.service")):
@@ -1025,10 +1058,54 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     names = []
     for name, unit in _systemd_units().items():
         shutil.copy(SYSTEMD / name, unit_dir / name)
-        binary = tmp_path / shlex.split(unit["Service"]["ExecStart"])[0].lstrip("/")
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        binary.write_text("#!/bin/sh\n")
-        binary.chmod(0o755)
+        for program in {_exec_argv(unit["Service"]["ExecStart"], "1")[0], _as_started(unit["Service"]["ExecStart"])[1][0]}:
+            binary = tmp_path / program.lstrip("/")
+            binary.parent.mkdir(parents=True, exist_ok=True)
+            binary.write_text("#!/bin/sh\n")
+            binary.chmod(0o755)
         names.append(name.replace("@.", "@1."))
     result = run([analyze, "verify", f"--root={tmp_path}", "--man=no", *names], cwd=unit_dir)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr + result.stdout
+
+
+WORKER_UNIT = "hookstream-worker@.service"
+
+
+def test_each_worker_instance_serves_metrics_on_a_port_of_its_own() -> None:
+    """hookstream-worker@N: 9110+N, whatever N, and never a port another hookstream process takes
+    (a plain worker's 9101, the dispatcher's 9102, the ingress' and the API's)."""
+    units = _systemd_units()
+    defaults = Settings.from_env({})
+    taken = {defaults.worker_metrics_port, defaults.dispatch_metrics_port}
+    for name in ("hookstream-ingress.service", "hookstream-api.service"):
+        taken.add(parse_command(_as_started(units[name]["Service"]["ExecStart"])[1]).port)
+    ports = {}
+    for instance in (1, 2, 3, 9, 10, 11, 99, 100, 889):
+        env, argv = _as_started(units[WORKER_UNIT]["Service"]["ExecStart"], str(instance))
+        args = parse_command(argv)
+        assert args.command == "worker" and args.metrics_port is None, "the port comes from the environment"
+        ports[instance] = Settings.from_env(env).worker_metrics_port
+        assert ports[instance] == 9110 + instance, (instance, env)
+    assert len(set(ports.values())) == len(ports) and not set(ports.values()) & taken
+    assert max(ports.values()) < 10_000
+
+
+def test_systemd_prometheus_config_scrapes_every_process_of_the_units() -> None:
+    promtool = need_tool("promtool", "prometheus")
+    path = SYSTEMD / "prometheus.yml"
+    checked = run([promtool, "check", "config", str(path)])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (config,) = load_yaml(path)
+    jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]}
+    units = _systemd_units()
+    ingress = parse_command(_as_started(units["hookstream-ingress.service"]["Service"]["ExecStart"])[1])
+    assert jobs["hookstream-ingress"] == [f"{ingress.host}:{ingress.port}"]
+    assert jobs["hookstream-dispatch"] == [f"127.0.0.1:{Settings.from_env({}).dispatch_metrics_port}"]
+    # The instances the worker unit's header enables: systemctl enable --now hookstream-worker@{1..4}
+    first, last = map(int, re.search(r"hookstream-worker@\{(\d+)\.\.(\d+)\}", (SYSTEMD / WORKER_UNIT).read_text(
+        encoding="utf-8")).groups())  # type: ignore[union-attr]
+    expected = []
+    for instance in range(first, last + 1):
+        env, _ = _as_started(units[WORKER_UNIT]["Service"]["ExecStart"], str(instance))
+        expected.append(f"127.0.0.1:{Settings.from_env(env).worker_metrics_port}")
+    assert jobs["hookstream-worker"] == expected
