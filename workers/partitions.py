@@ -6,6 +6,14 @@ only on purpose (`create_range`, for a conversion's old rows). A partition is ne
 rows the default partition already holds for its range (that would fail): those rows stay in the
 default, which is pruned by a DELETE of what is past the retention. Several processes may run this
 at once: an advisory lock per table makes them take turns.
+
+Creating or dropping a partition locks the whole table (ACCESS EXCLUSIVE on the parent and on the
+default partition), and a lock request queues every later insert behind it: a DROP that waits for
+a long reader (a report, pg_dump) would stall the workers' batches for as long. DETACH PARTITION
+CONCURRENTLY, which avoids the parent's lock, refuses a table with a default partition. So each
+statement runs in a transaction of its own that gives up after LOCK_TIMEOUT_MS, bounding the
+pause it can cause; what gave up is done at a later round (partitions are made weeks ahead, and a
+late drop only keeps rows a little longer).
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ from __future__ import annotations
 import logging
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -22,6 +32,10 @@ import psycopg
 from shared import connections
 
 log = logging.getLogger("hookstream.partitions")
+
+# The longest a partition's CREATE or DROP waits for the table's lock, and so the longest the
+# inserts queued behind it wait: about one worker batch.
+LOCK_TIMEOUT_MS = 100
 
 LIST_SQL = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
             " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s")
@@ -83,6 +97,10 @@ class TimePartitions:
                      f" FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')")
         return True
 
+    def drop(self, conn: psycopg.Connection[Any], name: str) -> bool:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        return True
+
     def create_range(self, conn: psycopg.Connection[Any], first: datetime, last: datetime) -> int:
         """Every partition from the one holding `first` to the one holding `last`; returns how many."""
         made, start, existing = 0, self.start_of(first.astimezone(UTC).date()), self.existing(conn)
@@ -92,9 +110,10 @@ class TimePartitions:
             start += timedelta(days=self.days)
         return made
 
-    def maintain(self, conn: psycopg.Connection[Any], retention_s: int,
-                 now: datetime | None = None) -> tuple[int, int]:
-        """Create the coming partitions and drop the expired ones; returns (created, dropped)."""
+    def maintain(self, conn: psycopg.Connection[Any], retention_s: int, now: datetime | None = None, *,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> tuple[int, int]:
+        """Create the coming partitions and drop the expired ones, each in a transaction of its own
+        bounded by `lock_timeout_ms`; returns (created, dropped) this round."""
         now = now or datetime.now(UTC)
         retention_days = max(1, retention_s // 86400)
         with conn.transaction():
@@ -102,14 +121,30 @@ class TimePartitions:
             if not self.is_partitioned(conn):  # not yet converted (hookstream migrate does it)
                 return 0, 0
             create, drop = self.plan(self.existing(conn), now.date(), retention_days)
-            created = sum(self.create(conn, start) for start in create)
-            for name in drop:
-                conn.execute(f"DROP TABLE {name}")
-            cutoff = datetime.combine(now.date() - timedelta(days=retention_days), datetime.min.time(), UTC)
+        created = sum(self._locked(conn, lock_timeout_ms, f"create {self.name(start)}",
+                                   partial(self.create, conn, start)) for start in create)
+        dropped = sum(self._locked(conn, lock_timeout_ms, f"drop {name}", partial(self.drop, conn, name))
+                      for name in drop)
+        cutoff = datetime.combine(now.date() - timedelta(days=retention_days), datetime.min.time(), UTC)
+        with conn.transaction():  # row locks on the default only: no table lock to bound
             conn.execute(f"DELETE FROM {self.default} WHERE received_at < %s", (cutoff,))
-        if created or drop:
-            log.info("%s: %d partition(s) created, %d dropped", self.table, created, len(drop))
-        return created, len(drop)
+        if created or dropped:
+            log.info("%s: %d partition(s) created, %d dropped", self.table, created, dropped)
+        return created, dropped
+
+    def _locked(self, conn: psycopg.Connection[Any], lock_timeout_ms: int, what: str,
+                statement: Callable[[], bool]) -> bool:
+        """One DDL statement in its own transaction, after the table's advisory lock, waiting at most
+        `lock_timeout_ms` for the table's own lock; False when it did not happen (logged)."""
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
+                return statement()
+        except psycopg.errors.LockNotAvailable:
+            log.warning("%s: %s waited %d ms for the table's lock (a long transaction holds it); tried again"
+                        " at the next round", self.table, what, lock_timeout_ms)
+            return False
 
     def maintain_url(self, database_url: str, retention_s: int) -> None:
         """`maintain` on a connection of its own; trouble is logged, never raised (it runs again later)."""

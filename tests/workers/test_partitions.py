@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -13,6 +14,7 @@ from shared.settings import Settings
 from tests.workers.conftest import Drain
 from tests.workers.test_pipeline import cm_mo, gw_dlr, post, rows
 from workers.event_partitions import EVENTS, WEEKS_AHEAD
+from workers.partitions import LOCK_TIMEOUT_MS
 from workers.retention import Retention
 
 MONDAY = date(2026, 11, 30)
@@ -44,6 +46,40 @@ def test_partitions_are_made_ahead_and_dropped_behind(db: psycopg.Connection) ->
         db.execute(f"DROP TABLE {name}")
     EVENTS.maintain(db, 400 * 86400, now)  # as migrate left them for the tests that follow
     assert EVENTS.name(this_week) in EVENTS.existing(db)
+
+
+INSERT_SQL = ("INSERT INTO events (dedupe_key, provider, feed, kind, received_at, stream_id, payload,"
+              " normalizer_version) VALUES (%s, 'cm', 'mo', 'inbound', now(), '1-0', '{}', 1)")
+WAITING_ON_EVENTS_SQL = "SELECT count(*) FROM pg_locks WHERE relation = 'events'::regclass AND NOT granted"
+
+
+@pytest.mark.integration
+def test_upkeep_waiting_for_a_reader_gives_up_and_leaves_no_insert_queued_behind_it(
+        database_url: str, db: psycopg.Connection) -> None:
+    """Creating or dropping a partition needs the whole table; a request for it queues every later
+    insert. Behind a long reader (a report, pg_dump) the upkeep gives up after LOCK_TIMEOUT_MS and
+    does it at a later round, instead of holding up the workers' inserts until the reader ends."""
+    now = datetime.now(UTC)
+    old, ahead = EVENTS.start_of((now - timedelta(days=420)).date()), EVENTS.start_of(now.date()) + timedelta(weeks=1)
+    assert EVENTS.create(db, old)
+    EVENTS.drop(db, EVENTS.name(ahead))
+    with psycopg.connect(database_url) as reader, psycopg.connect(database_url, autocommit=True) as upkeep, \
+            psycopg.connect(database_url, autocommit=True) as writer:
+        reader.execute("SELECT count(*) FROM events")  # its transaction stays open: ACCESS SHARE on events
+        outcome: list[tuple[int, int]] = []
+        thread = threading.Thread(target=lambda: outcome.append(EVENTS.maintain(upkeep, 400 * 86400, now)))
+        thread.start()
+        thread.join(60)  # a safety net: the upkeep that waited for the reader would hang here
+        assert not thread.is_alive() and outcome == [(0, 0)], "it gave up: nothing created, nothing dropped"
+        assert db.execute(WAITING_ON_EVENTS_SQL).fetchone() == (0,), "no lock request left queued on events"
+        writer.execute("SET lock_timeout = '10s'")  # a regression fails instead of hanging
+        writer.execute(INSERT_SQL, ("written-while-read",))
+        assert reader.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, "the reader still holds it"
+        assert {EVENTS.name(old)} <= EVENTS.existing(db) and EVENTS.name(ahead) not in EVENTS.existing(db)
+        reader.commit()
+    assert EVENTS.maintain(db, 400 * 86400, now) == (1, 1), "done at the next round"
+    assert db.execute("SELECT dedupe_key FROM events").fetchall() == [("written-while-read",)]
+    assert LOCK_TIMEOUT_MS <= 200, "a bound on the pause an upkeep round can cause"
 
 
 @pytest.mark.integration
