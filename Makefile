@@ -1,41 +1,50 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: all install run check test test-faults bench clean image
+.PHONY: all install test-deps run check test test-faults bench clean image
 
 all: install
 
+# The runtime dependencies only: what `make run` and the `hookstream` command need.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+# The test extras (pytest, the linters, Playwright, ...), added when the tests first need them.
+test-deps: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
 
 run: install
 	$(VENV)/bin/hookstream run
 
 # Lint, types and the one direction of dependency between the packages.
-check: install
+check: test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py
 
-test: install
+test: test-deps
 	$(PY) -m pytest -q -m "not faults_long"
 
 # The reliability and security suite in full: faults under load, floods, fuzzing (tests/faults).
 # Figures of the run: tests/faults/last-run.json.
-test-faults: install
+test-faults: test-deps
 	$(PY) -m pytest -q tests/faults
 
 # make bench [BENCH_ARGS=--quick]: every benchmark, a table, bench/results.json and bench/results.png.
 # Installs the bench extras (matplotlib, py-spy) when missing. wrk is used when installed
 # (apt-get install -y wrk); without it the ingress throughput runs use bench/loadgen.py instead.
 bench: install
-	@$(PY) -c "import matplotlib" 2>/dev/null && test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q -e '.[bench]'
+	@$(PY) -c "import matplotlib, httpx" 2>/dev/null && test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The container image that deploy/compose.yaml and deploy/kubernetes name: hookstream:<version>, the
@@ -43,5 +52,8 @@ bench: install
 image:
 	docker build -f deploy/Dockerfile -t hookstream:$(shell python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') .
 
+# Everything `make run` made: the data folder (HOOKSTREAM_DATA_DIR, default .data) and, as root, the
+# servers' folders under /var/tmp that its state file names; then the virtualenv.
 clean:
-	rm -rf $(VENV) .data
+	python3 -m hookstream.local_state clean
+	rm -rf $(VENV)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from api.auth import ApiTokens
 from api.dashboard.session import SECRET_ENV, SECURE_ENV
 from shared.errors import ConfigError
+from shared.settings import with_secret_files
 
 DEFAULT_PORT = 8080
 DEFAULT_POOL_SIZE = 4
@@ -39,6 +40,7 @@ class ApiConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiConfig:
+        env = with_secret_files(env)  # HOOKSTREAM_API_TOKENS_FILE, HOOKSTREAM_DASHBOARD_SECRET_FILE
         return cls(
             tokens=ApiTokens.from_env(env),
             host=env.get("HOOKSTREAM_API_HOST", "").strip() or "0.0.0.0",
