@@ -164,7 +164,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = subparsers.add_parser("dead-letters", help="list, show, requeue or purge dead letters").add_subparsers(
         dest="dead_letters_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
-    for flag, options in (("--provider", {}), ("--feed", {}), ("--reason", {"help": "substring, any case"}),
+    for flag, options in (("--provider", {"help": "only this provider (cm, smsmode, mx2, gatewayapi)"}),
+                          ("--feed", {"help": "only this feed (mo, status, ...: the URL's last part)"}),
+                          ("--reason", {"help": "substring, any case"}),
                           ("--since", {"type": parse_when, "help": f"last seen at/after: {WHEN}"}),
                           ("--until", {"type": parse_when, "help": f"last seen before: {WHEN}"})):
         filters.add_argument(flag, **options)
@@ -172,14 +174,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     state.add_argument("--include-requeued", action="store_true", help="also rows already requeued")
     state.add_argument("--only-requeued", action="store_true", help="only rows already requeued")
     p = sub.add_parser("list", parents=[filters], help="matching dead letters, newest first")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(handler=cmd_dead_letters, action=cmd_list)
     p = sub.add_parser("show", help="one dead letter with its headers, query and body")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=int, help="the dead letter's id (first column of `list`)")
     p.set_defaults(handler=cmd_dead_letters, action=cmd_show)
     for name, action, flag in (("requeue", cmd_requeue, "--dry-run"), ("purge", cmd_purge, "--yes")):
         p = sub.add_parser(name, parents=[filters], help=f"{name} matching dead letters (IDs and/or filters)")
-        p.add_argument("ids", nargs="*", type=int, metavar="ID")
+        p.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids (first column of `list`)")
         p.add_argument("--all", action="store_true", help="act on every match, even without IDs or filters")
         p.add_argument(flag, action="store_true", help={"--dry-run": "only count", "--yes": "really delete"}[flag])
         p.set_defaults(handler=cmd_dead_letters, action=action)
