@@ -3,18 +3,28 @@
 Each comma-separated entry is `label:secret` or a bare secret, whose label is then `token-` and the
 first 8 hex digits of the secret's SHA-256. Audit rows and logs name the label, never the secret;
 several entries allow rotation (any one verifies).
+
+Wrong tokens are limited per client address (a token bucket: `FailureLimit`); past the limit the
+API answers 429 with Retry-After without looking at the token, and every failure is logged with the
+address only (no label can be known, no secret is written).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import re
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ConfigError
+
+log = logging.getLogger("hookstream.api.auth")
 
 ENV = "HOOKSTREAM_API_TOKENS"
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
@@ -56,11 +66,18 @@ class ApiTokens:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiTokens:
+        """`env` as ApiConfig passes it, HOOKSTREAM_API_TOKENS_FILE already read."""
         return cls.parse(env.get(ENV, ""))
 
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(self._secrets)
+
+    def digest(self, label: str) -> str | None:
+        """A digest of `label`'s secret (None: no such label), for the dashboard's sessions: a session
+        made with an older secret of the same label no longer matches after a rotation."""
+        secret = self._secrets.get(label)
+        return None if secret is None else hmac.new(b"hookstream-session-token", secret, hashlib.sha256).hexdigest()
 
     def short_labels(self) -> list[str]:
         return [label for label, secret in self._secrets.items() if len(secret) < SHORT_SECRET]
@@ -101,6 +118,40 @@ def bearer(authorization: str | None) -> str | None:
 
 
 UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
+TOO_MANY_BODY = b'{"error":"too many wrong tokens"}'
+
+
+@dataclass
+class FailureLimit:
+    """A token bucket per client address, drawn on by wrong tokens only: `burst` wrong tries at once,
+    then one more every 1/`per_s` seconds. At most `max_clients` addresses are remembered (the
+    oldest are forgotten first), so a flood of addresses cannot grow it without bound."""
+
+    burst: float = 10
+    per_s: float = 0.2
+    max_clients: int = 10_000
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # address → (tokens, at)
+
+    def _level(self, client: str, now: float) -> float:
+        tokens, at = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.per_s)
+
+    def retry_after_s(self, client: str, now: float) -> int:
+        """0: this client may try a token now; else whole seconds until it may."""
+        level = self._level(client, now)
+        return 0 if level >= 1 else max(1, math.ceil((1 - level) / self.per_s))
+
+    def failed(self, client: str, now: float) -> None:
+        level = self._level(client, now) - 1
+        self._buckets.pop(client, None)
+        self._buckets[client] = (level, now)
+        while len(self._buckets) > self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 class BearerAuth:
@@ -110,10 +161,12 @@ class BearerAuth:
     one answer alike. The label of the verified token is left in the scope for the handlers.
     """
 
-    def __init__(self, app: ASGIApp, tokens: ApiTokens, public: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, tokens: ApiTokens, public: frozenset[str] = frozenset(),
+                 limit: FailureLimit | None = None) -> None:
         self.app = app
         self.tokens = tokens
         self.public = public
+        self.limit = limit if limit is not None else FailureLimit()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public:
@@ -125,7 +178,18 @@ class BearerAuth:
                 authorization = value.decode("latin-1")
                 break
         token = bearer(authorization)
+        client, now = client_address(scope), time.monotonic()
+        wait_s = self.limit.retry_after_s(client, now) if token is not None else 0
+        if wait_s:
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(TOO_MANY_BODY)).encode()),
+                (b"retry-after", str(wait_s).encode())]})
+            await send({"type": "http.response.body", "body": TOO_MANY_BODY})
+            return
         label = self.tokens.verify(token) if token is not None else None
+        if label is None and token is not None:
+            self.limit.failed(client, now)
+            log.warning("wrong API token from %s", client)
         if label is None:
             await send({"type": "http.response.start", "status": 401, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(UNAUTHORIZED_BODY)).encode()),

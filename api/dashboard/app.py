@@ -14,6 +14,7 @@ import atexit
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -26,6 +27,7 @@ import psycopg
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from psycopg_pool import ConnectionPool, PoolTimeout
 from redis import Redis
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -140,6 +142,7 @@ class Dashboard:
         self._pool: ConnectionPool[Any] | None = None
         self._redis: Redis | None = None
         self._queue_redis: Redis | None = None  # None while it is `_redis` (RQ's queues live there)
+        self._logouts: dict[str, int] = {}  # csrf of a logged-out session → when it would have expired
 
     # -- resources --------------------------------------------------------------------------------
 
@@ -215,9 +218,31 @@ class Dashboard:
             label = self.tokens.verify(token)
             return (label, None) if label is not None else None
         session = self.signer.read(request.cookies.get(COOKIE))
-        if session is None or session.label not in self.tokens.labels:  # a revoked token ends its sessions
+        # A revoked token, a rotated secret or a logout ends a session.
+        if session is None or session.token != self.tokens.digest(session.label) or self.logged_out(session):
             return None
         return session.label, session
+
+    def _logout_key(self, session: Session) -> str:
+        return f"{self.settings.key_prefix}:dashboard:logout:{hashlib.sha256(session.csrf.encode()).hexdigest()[:32]}"
+
+    def logged_out(self, session: Session) -> bool:
+        """Here, or (for the other API replicas) in Redis; Redis unreachable: this process's memory only."""
+        if session.csrf in self._logouts:
+            return True
+        try:
+            return bool(self.redis().exists(self._logout_key(session)))
+        except RedisError:
+            return False
+
+    def log_out(self, session: Session) -> None:
+        now = time.time()
+        self._logouts = {csrf: until for csrf, until in self._logouts.items() if until > now}
+        self._logouts[session.csrf] = session.expires
+        try:
+            self.redis().set(self._logout_key(session), b"1", ex=max(1, int(session.expires - now)))
+        except RedisError as exc:
+            log.warning("dashboard: logout kept in this process only (redis: %s)", first_line(exc))
 
     # -- rendering --------------------------------------------------------------------------------
 
@@ -282,7 +307,7 @@ class Dashboard:
         if label is None:
             await asyncio.sleep(0.25)  # a guess costs a little time
             return self.html("login.html", 401, error="That token is not one of HOOKSTREAM_API_TOKENS.")
-        value, _ = self.signer.issue(label)
+        value, _ = self.signer.issue(label, self.tokens.digest(label) or "")
         response = RedirectResponse("/", 303)
         response.set_cookie(COOKIE, value, max_age=self.signer.max_age_s, path="/", httponly=True,
                             samesite="strict", secure=cookie_secure(request, self.secure_cookie))
@@ -295,6 +320,8 @@ class Dashboard:
         if auth is not None and auth[1] is not None and not (
                 same_origin(request) and csrf_ok(auth[1], form.get(CSRF_FIELD))):
             return RedirectResponse("/?notice=csrf", 303)
+        if auth is not None and auth[1] is not None:
+            self.log_out(auth[1])
         response = RedirectResponse("/login?notice=logged_out", 303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
                                secure=cookie_secure(request, self.secure_cookie))

@@ -7,9 +7,11 @@ Logging in: the login form takes one of the API's tokens (HOOKSTREAM_API_TOKENS,
 
 signed, HttpOnly, SameSite=Strict, Path=/, Max-Age 12 h, Secure when the request came over HTTPS
 or HOOKSTREAM_DASHBOARD_COOKIE_SECURE=1 (behind a TLS-terminating proxy). The cookie names the
-token's label, never the token; a session whose label is no longer among the tokens (a revoked
-token) is refused. The key is HOOKSTREAM_DASHBOARD_SECRET, or 32 random bytes per process (then a
-restart logs everyone out, and several API replicas need the variable set to share sessions).
+token's label, never the token, and a digest of the token's secret: a session whose label is no
+longer among the tokens (a revoked token), or whose token's secret changed (a rotation), is refused.
+Logging out revokes the session itself (kept by the dashboard until it would have expired). The
+key is HOOKSTREAM_DASHBOARD_SECRET, or 32 random bytes per process (then a restart logs everyone
+out, and several API replicas need the variable set to share sessions).
 
 CSRF: each session carries a random token (`csrf`), put in the page (a <meta> for the script, a
 hidden field in each form). Every POST with a session must send it back (`X-CSRF-Token` header or
@@ -49,8 +51,9 @@ def _unb64(text: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Session:
     label: str
-    csrf: str
+    csrf: str  # random per session: also the session's identity for a logout
     expires: int
+    token: str = ""  # ApiTokens.digest of the token it was made with
 
 
 class Signer:
@@ -73,9 +76,9 @@ class Signer:
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
-    def issue(self, label: str, now: float | None = None) -> tuple[str, Session]:
-        session = Session(label, secrets.token_urlsafe(32), int((now or time.time()) + self.max_age_s))
-        payload = _b64(orjson.dumps({"l": session.label, "c": session.csrf, "e": session.expires}))
+    def issue(self, label: str, token: str = "", now: float | None = None) -> tuple[str, Session]:
+        session = Session(label, secrets.token_urlsafe(32), int((now or time.time()) + self.max_age_s), token)
+        payload = _b64(orjson.dumps({"l": session.label, "c": session.csrf, "e": session.expires, "t": token}))
         return f"{payload}.{self._mac(payload)}", session
 
     def read(self, value: str | None, now: float | None = None) -> Session | None:
@@ -86,7 +89,7 @@ class Signer:
             return None
         try:
             data = orjson.loads(_unb64(payload))
-            session = Session(str(data["l"]), str(data["c"]), int(data["e"]))
+            session = Session(str(data["l"]), str(data["c"]), int(data["e"]), str(data.get("t", "")))
         except (ValueError, KeyError, TypeError):
             return None
         return session if session.expires > (now or time.time()) else None
