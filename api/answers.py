@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.consent import OPTED_OUT, UNKNOWN
+from shared.consent import OPTED_IN, OPTED_OUT, UNKNOWN
 from shared.events import GLOBAL_SCOPE
 from shared.feed import iso
 
+STALE = "stale"  # opted in before the number was reported disconnected or reassigned
+NOT_ALLOWED = frozenset({OPTED_OUT, STALE})
 ROW_SQL_COLUMNS = "scope, state, changed_at, confirmed_at, keyword, provider, event_key"
 
 
@@ -50,11 +52,11 @@ class Answer:
     scope: str | None
     deciding: Row | None
     state: str
-    scopes: list[tuple[str, Row]]  # every scope of the subject with the row that decides it
+    scopes: list[tuple[str, str, Row]]  # every scope of the subject with its state and the row deciding it
 
     @property
     def allowed(self) -> bool:
-        return self.state != OPTED_OUT
+        return self.state not in NOT_ALLOWED
 
     def as_json(self) -> dict[str, Any]:
         d = self.deciding
@@ -62,8 +64,8 @@ class Answer:
             "subject": self.subject, "scope": self.scope, "state": self.state, "allowed": self.allowed,
             "changed_at": iso(d.changed_at) if d else None, "keyword": d.keyword if d else None,
             "provider": d.provider if d else None, "event_id": d.event_key if d else None,
-            "scopes": [{"scope": scope, "state": row.state, "changed_at": iso(row.changed_at)}
-                       for scope, row in self.scopes],
+            "scopes": [{"scope": scope, "state": state, "changed_at": iso(row.changed_at)}
+                       for scope, state, row in self.scopes],
         }
 
 
@@ -74,15 +76,36 @@ def per_scope(rows: Sequence[Row]) -> list[tuple[str, Row]]:
     return sorted(((scope, row) for scope, row in decided if row is not None), key=lambda item: item[0])
 
 
-def answer(subject: str, rows: Sequence[Row], scope_forms: Sequence[str] | None) -> Answer:
+def merged(rows: Sequence[Row]) -> list[Row]:
+    """One row per scope: the number's and its erasure hash's rows of a scope, the winner of them."""
+    by_scope: dict[str, Row] = {}
+    for row in rows:
+        best = winner([by_scope.get(row.scope), row])
+        if best is not None:
+            by_scope[row.scope] = best
+    return list(by_scope.values())
+
+
+def state_of(row: Row | None, deactivated_at: datetime | None) -> str:
+    """The row's state, `stale` for an opt-in confirmed before the number was deactivated."""
+    if row is None:
+        return UNKNOWN
+    if row.state == OPTED_IN and deactivated_at is not None and row.confirmed_at < deactivated_at:
+        return STALE
+    return row.state
+
+
+def answer(subject: str, rows: Sequence[Row], scope_forms: Sequence[str] | None,
+           deactivated_at: datetime | None = None) -> Answer:
     """With scope forms: that scope's state, a `*` opt-out included. Without: opted out if the
     subject is opted out in any scope (the conservative answer for a sender that did not say which)."""
-    scopes = per_scope(rows)
+    rows = merged(rows)
+    scopes = [(scope, state_of(row, deactivated_at), row) for scope, row in per_scope(rows)]
     if scope_forms is not None:
         own = winner(row for row in rows if row.scope in scope_forms)
         everywhere = next((row for row in rows if row.scope == GLOBAL_SCOPE), None)
         deciding = everywhere if GLOBAL_SCOPE in scope_forms else winner([own, everywhere])
-        return Answer(subject, scope_forms[0], deciding, deciding.state if deciding else UNKNOWN, scopes)
-    opted_out = [row for _, row in scopes if row.state == OPTED_OUT]
-    deciding = winner(opted_out) or winner(row for _, row in scopes)
-    return Answer(subject, None, deciding, deciding.state if deciding else UNKNOWN, scopes)
+        return Answer(subject, scope_forms[0], deciding, state_of(deciding, deactivated_at), scopes)
+    opted_out = [row for _, _, row in scopes if row.state == OPTED_OUT]
+    deciding = winner(opted_out) or winner(row for _, _, row in scopes)
+    return Answer(subject, None, deciding, state_of(deciding, deactivated_at), scopes)

@@ -1,7 +1,9 @@
 """The consent API: a small Starlette app over the consent tables (see the README, "Consent API").
 
 Routes: GET /v1/consent/{subject}?scope=, POST /v1/consent/check, GET /v1/consent/review,
-POST /v1/consent/review/{event_id}, GET /v1/consent/changes?since=&limit=, GET /openapi.json.
+POST /v1/consent/review/{event_id}, GET /v1/consent/changes?since=&limit=, POST /v1/consent/records,
+POST /v1/consent/deactivations, GET /v1/subjects/{subject}/export, DELETE /v1/subjects/{subject},
+GET /openapi.json.
 Every route but /openapi.json needs a bearer token (401 and nothing more otherwise); bad input is
 a 4xx with a JSON reason, never a 500; the database unreachable is a 503.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import orjson
@@ -29,15 +32,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from api import cursor, inputs, queries, replica, review
-from api.answers import answer
+from api import access, cursor, deactivations, inputs, queries, records, replica, review
+from api.answers import NOT_ALLOWED, answer
 from api.auth import ApiTokens, BearerAuth, token_label
 from api.dashboard import PUBLIC_PATHS, Dashboard
 from api.dashboard.app import SecureHeaders
 from api.errors import ApiError, JSONResponse, error_response, invalid
 from api.openapi import FIXED, document
 from api.subjects import Classifier, InvalidSubject, scope_forms
-from shared import connections
+from shared import connections, erasure
 from shared.feed import Position, iso
 from shared.settings import Settings
 
@@ -93,10 +96,17 @@ async def lookup(request: Request) -> Response:
     forms = scope_forms(scope, state["settings"].default_region) if scope is not None else None
     async with state["read_pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
         lag = await _lag(state, conn)
-        rows = await queries.subject_rows(conn, subject.value)
+        rows = await queries.subject_rows(conn, subject.value, _erasure_hash(state["settings"], subject.value))
         if not rows and not subject.phone and not await queries.seen_as_person(conn, subject.value):
             raise invalid(f"subject: {subject.reason}")
-    return JSONResponse(answer(subject.value, rows, forms).as_json(), headers=_lag_headers(state, lag))
+        deactivated = await queries.deactivated_at(conn, subject.value) if rows else None
+    return JSONResponse(answer(subject.value, rows, forms, deactivated).as_json(), headers=_lag_headers(state, lag))
+
+
+def _erasure_hash(settings: Settings, subject: str) -> str | None:
+    """The subject's keyed hash, under which an erased person's opt-out is kept (the first key's)."""
+    key = settings.erasure_key.values[0] if settings.erasure_key else None
+    return erasure.keyed_hash(key, subject) if key else None
 
 
 async def _lag(state: State, conn: psycopg.AsyncConnection[Any]) -> float | None:
@@ -119,13 +129,15 @@ async def check(request: Request) -> Response:
     values = [s.value for s in subjects]
     async with state["read_pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
         lag = await _lag(state, conn)
-        states = await queries.bulk_states(conn, values, [s.phone for s in subjects], forms)
+        settings = state["settings"]
+        hashed = [_erasure_hash(settings, value) for value in values] if settings.erasure_key else None
+        states = await queries.bulk_states(conn, values, [s.phone for s in subjects], forms, hashed)
     unknown_ids = [{"index": i, "subject": body.subjects[i][:80], "reason": subjects[i].reason}
                    for i, value in enumerate(states) if value == queries.INVALID]
     if unknown_ids:
         raise invalid(f"{len(unknown_ids)} subject(s) are neither a phone number nor a known id",
                       invalid=unknown_ids[:SHOWN_INVALID], count=len(unknown_ids))
-    results = [{"subject": value, "allowed": st != "opted_out", "state": st} for value, st in zip(values, states)]
+    results = [{"subject": value, "allowed": st not in NOT_ALLOWED, "state": st} for value, st in zip(values, states)]
     return Response(orjson.dumps({"results": results}), media_type="application/json",
                     headers=_lag_headers(state, lag))
 
@@ -182,6 +194,92 @@ async def changes(request: Request) -> Response:
         "next": cursor.encode(page[-1].position if page else after),
         "has_more": len(found) > limit,
     })
+
+
+async def import_records(request: Request) -> Response:
+    inputs.query(request.query_params.multi_items(), ())
+    state = _state(request)
+    settings = state["settings"]
+    data = inputs.parse_json(await read_body(request, records.MAX_BODY_BYTES))
+    parsed = await run_in_threadpool(records.parse_request, data, state["classifier"], settings.default_region)
+    label = token_label(request.scope)
+    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        done = await records.import_or_refuse(conn, parsed, label, settings.opt_out_reach)
+    log.info("consent import %s by %s: %d record(s), %d new, %d change(s)", done.import_id, label, done.records,
+             done.imported, done.changes)
+    return JSONResponse(done.as_json())
+
+
+async def report_deactivations(request: Request) -> Response:
+    inputs.query(request.query_params.multi_items(), ())
+    state = _state(request)
+    data = inputs.parse_json(await read_body(request))
+    report = await run_in_threadpool(deactivations.parse_request, data, state["classifier"])
+    label = token_label(request.scope)
+    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        recorded, stale = await deactivations.record(conn, report, label)
+    log.info("deactivations from %s by %s: %d number(s), %d opt-in(s) now stale", report.source, label,
+             len(report.subjects), stale)
+    return JSONResponse({"recorded": recorded, "stale": stale})
+
+
+def _person(request: Request) -> str:
+    try:
+        return _state(request)["classifier"](request.path_params["subject"]).value
+    except InvalidSubject as exc:
+        raise invalid(f"subject: {exc}") from None
+
+
+async def export_subject(request: Request) -> Response:
+    params = inputs.query(request.query_params.multi_items(), ("format",))
+    kind = params.get("format", "json")
+    if kind not in ("json", "csv"):
+        raise invalid("format must be json or csv")
+    state = _state(request)
+    subject = _person(request)
+    hashed = _erasure_hash(state["settings"], subject)
+    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        tables = await access.export(conn, [subject] if hashed is None else [subject, hashed])
+    if not access.held(tables):
+        raise ApiError(404, "not_found", "nothing is held about this subject")
+    log.info("export of a subject by %s", token_label(request.scope))
+    if kind == "csv":
+        return Response(access.as_csv(subject, tables), media_type="text/csv",
+                        headers={"content-disposition": 'attachment; filename="subject-export.csv"'})
+    return Response(access.as_json(subject, tables), media_type="application/json")
+
+
+async def erase_subject(request: Request) -> Response:
+    inputs.query(request.query_params.multi_items(), ())
+    state = _state(request)
+    settings = state["settings"]
+    subject = _person(request)
+    hashed = _erasure_hash(settings, subject)
+    if hashed is None:
+        raise ApiError(503, "unavailable", "erasure needs HOOKSTREAM_ERASURE_KEY")
+    label = token_label(request.scope)
+    target = erasure.Target(subject, hashed, erasure.notations(subject))
+    streams = await run_in_threadpool(_erase_streams, settings, target)
+    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        async with conn.transaction():
+            cur = await conn.execute(erasure.ERASE_SQL, (subject, hashed, target.notations, label,
+                                                          orjson.dumps(streams).decode()))
+            row = await cur.fetchone()
+    counts = {key: int(value) for key, value in (row[0] if row else {}).items()}
+    log.info("erasure by %s: %d row(s), %d stream entr(ies)", label, sum(counts.values()),
+             sum(streams.values()))
+    return JSONResponse({"subject_hash": hashed, "requested_by": label, "requested_at": iso(datetime.now(UTC)),
+                         "counts": counts, "repeated": not any(counts.values())})
+
+
+def _erase_streams(settings: Settings, target: erasure.Target) -> dict[str, int]:
+    redis = connections.cli_redis(settings)
+    try:
+        return erasure.erase_streams(redis, target, stream=settings.stream, group=settings.group,
+                                     others=[settings.parked_stream, f"{settings.key_prefix}:consent-changes"],
+                                     prefix=settings.key_prefix)
+    finally:
+        redis.close()
 
 
 async def openapi(request: Request) -> Response:
@@ -278,6 +376,10 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
         Route("/v1/consent/review", review_list, methods=["GET"]),
         Route("/v1/consent/review/{event_id:path}", review_decide, methods=["POST"]),
         Route("/v1/consent/changes", changes, methods=["GET"]),
+        Route("/v1/consent/records", import_records, methods=["POST"]),
+        Route("/v1/consent/deactivations", report_deactivations, methods=["POST"]),
+        Route("/v1/subjects/{subject}/export", export_subject, methods=["GET"]),
+        Route("/v1/subjects/{subject}", erase_subject, methods=["DELETE"]),
         Route("/v1/consent/{subject}", lookup, methods=["GET"]),
         *dash.routes(),  # the dashboard checks its own session cookie or bearer token
     ]

@@ -9,10 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from api.inputs import DECISIONS, MAX_SUBJECTS
+from api.records import EVIDENCE_FIELDS, MAX_EVIDENCE_CHARS, MAX_ID_CHARS, MAX_RECORDS, MAX_SOURCE_CHARS
 from api.subjects import MAX_SCOPE_CHARS, MAX_SUBJECT_CHARS
 
-STATES = ["opted_in", "opted_out", "unknown"]
-FIXED = ["check", "review", "changes"]  # these route names win over a subject of that name
+# stale: opted in before the number was reported disconnected or reassigned (not allowed).
+STATES = ["opted_in", "opted_out", "stale", "unknown"]
+# These route names win over a subject of that name.
+FIXED = ["check", "review", "changes", "records", "deactivations"]
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +33,8 @@ ERROR = {
 
 SCOPE_STATE = {
     "type": "object", "additionalProperties": False, "required": ["scope", "state", "changed_at"],
-    "properties": {"scope": TEXT, "state": {"type": "string", "enum": ["opted_in", "opted_out"]}, "changed_at": TIME},
+    "properties": {"scope": TEXT, "state": {"type": "string", "enum": ["opted_in", "opted_out", "stale"]},
+                   "changed_at": TIME},
 }
 
 CONSENT = {
@@ -104,6 +108,76 @@ DECISION = {
 }
 
 
+IMPORT_RECORD = {
+    "type": "object", "additionalProperties": False,
+    "required": ["id", "subject", "scope", "state", "occurred_at", "source"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS,
+               "description": "your idempotency key: the same id again is a retry; with other content, a 409"},
+        "subject": {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS},
+        "scope": {"type": "string", "minLength": 1, "maxLength": MAX_SCOPE_CHARS, "description": "`*`: every scope"},
+        "state": {"type": "string", "enum": ["opted_in", "opted_out"]},
+        "occurred_at": {**TIME, "description": "when the person gave or withdrew consent, with an offset; not future"},
+        "source": {"type": "string", "minLength": 1, "maxLength": MAX_SOURCE_CHARS,
+                   "description": "where it was collected: web_form, checkout, paper, call_centre, ..."},
+        "evidence": _nullable({"type": "object", "additionalProperties": False, "properties": {
+            key: _nullable({"type": "string", "minLength": 1, "maxLength": MAX_EVIDENCE_CHARS})
+            for key in EVIDENCE_FIELDS}}),
+    },
+}
+
+IMPORT_REQUEST = {
+    "type": "object", "additionalProperties": False, "required": ["records"],
+    "properties": {"records": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS, "items": IMPORT_RECORD}},
+}
+
+IMPORT_RESULT = {
+    "type": "object", "additionalProperties": False,
+    "required": ["import_id", "records", "imported", "repeated", "changes"],
+    "properties": {"import_id": TEXT, "records": {"type": "integer"}, "imported": {"type": "integer"},
+                   "repeated": {"type": "integer", "description": "ids imported before with the same content"},
+                   "changes": {"type": "integer", "description": "consent changes the new records made"}},
+}
+
+DEACTIVATION_REQUEST = {
+    "type": "object", "additionalProperties": False, "required": ["subjects", "since", "source"],
+    "properties": {
+        "subjects": {"type": "array", "minItems": 1, "maxItems": MAX_SUBJECTS,
+                     "items": {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS}},
+        "since": {**TIME, "description": "reported disconnected or reassigned since then"},
+        "source": {"type": "string", "minLength": 1, "maxLength": MAX_SOURCE_CHARS,
+                   "description": "carrier deactivation file, reassigned numbers database, ..."},
+    },
+}
+
+DEACTIVATION_RESULT = {
+    "type": "object", "additionalProperties": False, "required": ["recorded", "stale"],
+    "properties": {"recorded": {"type": "integer"},
+                   "stale": {"type": "integer", "description": "subjects whose opt-in is now stale"}},
+}
+
+ROWS = {"type": "array", "items": {"type": "object"}}
+EXPORT = {
+    "type": "object", "additionalProperties": False,
+    "required": ["subject", "exported_at", "consent", "changes", "records", "deactivations", "events", "statuses",
+                 "erasures"],
+    "properties": {"subject": TEXT, "exported_at": TIME, "consent": ROWS,
+                   "changes": {**ROWS, "description": "every consent change with its evidence and hash chain"},
+                   "records": {**ROWS, "description": "imported consent records"}, "deactivations": ROWS,
+                   "events": ROWS, "statuses": ROWS, "erasures": ROWS},
+}
+
+ERASURE = {
+    "type": "object", "additionalProperties": False,
+    "required": ["subject_hash", "requested_by", "requested_at", "counts", "repeated"],
+    "properties": {"subject_hash": {**TEXT, "description": "the keyed hash that replaced the subject"},
+                   "requested_by": TEXT, "requested_at": TIME,
+                   "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                              "description": "rows rewritten per table, stream entries deleted or marked"},
+                   "repeated": {"type": "boolean", "description": "nothing was left to erase"}},
+}
+
+
 def _page(item: dict[str, Any], key: str) -> dict[str, Any]:
     return {
         "type": "object", "additionalProperties": False, "required": [key, "next", "has_more"],
@@ -123,9 +197,14 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 ERROR_RESPONSES = {f"E{code}": _json({"$ref": "#/components/schemas/Error"}, text) for code, text in {
     400: "the body is not JSON", 401: "missing or wrong bearer token", 404: "not found",
-    405: "method not allowed", 409: "another decision was taken already", 413: "body too large",
+    405: "method not allowed",
+    409: "another decision was taken already, or a record id was imported before with other content",
+    413: "body too large",
     422: "invalid input; `detail` says why", 503: "the database is unavailable; retry"}.items()}
 
+SUBJECT = {"name": "subject", "in": "path", "required": True,
+           "description": "a phone number in any common form, or a known id (Mx2 subscriberId)",
+           "schema": {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS}}
 LIMIT = {"name": "limit", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
 SINCE = {"name": "since", "in": "query", "required": False,
@@ -143,7 +222,9 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": ERROR, "Consent": CONSENT, "CheckRequest": CHECK_REQUEST, "CheckResult": CHECK_RESULT,
                         "ReviewItem": REVIEW_ITEM, "Change": CHANGE, "DecisionRequest": DECISION_REQUEST,
-                        "Decision": DECISION},
+                        "Decision": DECISION, "ImportRequest": IMPORT_REQUEST, "ImportResult": IMPORT_RESULT,
+                        "DeactivationRequest": DEACTIVATION_REQUEST, "DeactivationResult": DEACTIVATION_RESULT,
+                        "Export": EXPORT, "Erasure": ERASURE},
             "responses": ERROR_RESPONSES,
         },
         "security": [{"bearer": []}],
@@ -188,6 +269,38 @@ def document() -> dict[str, Any]:
                 ],
                 "responses": {"200": _json({"$ref": "#/components/schemas/Consent"}, "the consent state"),
                               **_errors(401, 404, 405, 422, 503)},
+            }},
+            "/v1/consent/records": {"post": {
+                "operationId": "importRecords",
+                "summary": "consent collected elsewhere: all or nothing, idempotent by id, in time order with replies",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ImportRequest"}}}},
+                "responses": {"200": _json({"$ref": "#/components/schemas/ImportResult"}, "imported"),
+                              **_errors(400, 401, 409, 413, 422, 503)},
+            }},
+            "/v1/consent/deactivations": {"post": {
+                "operationId": "reportDeactivations",
+                "summary": "numbers disconnected or reassigned: consent given before `since` is stale",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/DeactivationRequest"}}}},
+                "responses": {"200": _json({"$ref": "#/components/schemas/DeactivationResult"}, "recorded"),
+                              **_errors(400, 401, 413, 422, 503)},
+            }},
+            "/v1/subjects/{subject}/export": {"get": {
+                "operationId": "exportSubject", "summary": "everything held about one person (access request)",
+                "parameters": [SUBJECT, {"name": "format", "in": "query", "required": False,
+                                         "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}}],
+                "responses": {"200": {"description": "the export", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Export"}},
+                    "text/csv": {"schema": {"type": "string"}}}},
+                    **_errors(401, 404, 422, 503)},
+            }},
+            "/v1/subjects/{subject}": {"delete": {
+                "operationId": "eraseSubject",
+                "summary": "erase a person: the number and texts become a keyed hash everywhere (audited, idempotent)",
+                "parameters": [SUBJECT],
+                "responses": {"200": _json({"$ref": "#/components/schemas/Erasure"}, "erased"),
+                              **_errors(401, 404, 422, 503)},
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "this document", "security": [],

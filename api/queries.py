@@ -21,20 +21,27 @@ from shared.feed import FEED_SQL, Change, Position, iso
 
 INVALID = "invalid"  # bulk-check state of an id that is neither a number nor known: becomes a 422
 
-SUBJECT_SQL = f"SELECT {ROW_SQL_COLUMNS} FROM consent WHERE subject = %s"
+# A subject's rows under the number and under its erasure hash (an erased person who had opted out).
+SUBJECT_SQL = f"SELECT {ROW_SQL_COLUMNS} FROM consent WHERE subject = ANY(%s::text[])"
+DEACTIVATED_SQL = "SELECT max(deactivated_at) FROM consent_deactivations WHERE subject = %s"
 SEEN_SQL = "SELECT EXISTS (SELECT 1 FROM events WHERE phone = %s)"
 
 _KNOWN = (
     "WHEN i.phone OR EXISTS (SELECT 1 FROM consent k WHERE k.subject = i.subject)"
     " OR EXISTS (SELECT 1 FROM events e WHERE e.phone = i.subject) THEN 'unknown' ELSE 'invalid'"
 )
-_INPUT = "unnest(%b::text[], %b::bool[]) WITH ORDINALITY AS i(subject, phone, ord)"
+_INPUT = "unnest(%b::text[], %b::bool[], %b::text[]) WITH ORDINALITY AS i(subject, phone, hashed, ord)"
+_MATCH = "c.subject = ANY(ARRAY[i.subject, i.hashed])"  # the number, and its erasure hash
+# Consent confirmed before the number was reported deactivated (api.deactivations) is stale.
+_DEACTIVATED = "(SELECT max(d.deactivated_at) FROM consent_deactivations d WHERE d.subject = i.subject)"
 
 # With a scope: the winning row among the scope's rows (both notations) and the `*` row — the
 # later confirmed_at, an opt-out on a tie: `shared.consent.effective`, as one DISTINCT ON.
 CHECK_SCOPE_SQL = (
-    "SELECT DISTINCT ON (i.ord) CASE WHEN c.state IS NOT NULL THEN c.state " + _KNOWN + " END"
-    f" FROM {_INPUT} LEFT JOIN consent c ON c.subject = i.subject AND c.scope = ANY(%b::text[])"
+    "SELECT DISTINCT ON (i.ord) CASE"
+    f" WHEN c.state = 'opted_in' AND c.confirmed_at < {_DEACTIVATED} THEN 'stale'"
+    " WHEN c.state IS NOT NULL THEN c.state " + _KNOWN + " END"
+    f" FROM {_INPUT} LEFT JOIN consent c ON {_MATCH} AND c.scope = ANY(%b::text[])"
     " ORDER BY i.ord, c.confirmed_at DESC NULLS LAST, c.state = 'opted_out' DESC"
 )
 # Without: opted out if any scope is. A scope row is out when it is out and not older than the `*`
@@ -44,8 +51,9 @@ CHECK_ANY_SQL = (
     "SELECT CASE WHEN bool_or(c.scope = '*' AND c.state = 'opted_out')"
     " OR max(c.confirmed_at) FILTER (WHERE c.scope <> '*' AND c.state = 'opted_out')"
     " >= coalesce(max(c.confirmed_at) FILTER (WHERE c.scope = '*' AND c.state = 'opted_in'), '-infinity')"
-    " THEN 'opted_out' WHEN count(c.state) > 0 THEN 'opted_in' " + _KNOWN + " END"
-    f" FROM {_INPUT} LEFT JOIN consent c ON c.subject = i.subject"
+    f" THEN 'opted_out' WHEN count(c.state) > 0 THEN CASE WHEN max(c.confirmed_at) < {_DEACTIVATED} THEN 'stale'"
+    " ELSE 'opted_in' END " + _KNOWN + " END"
+    f" FROM {_INPUT} LEFT JOIN consent c ON {_MATCH}"
     " GROUP BY i.ord, i.subject, i.phone ORDER BY i.ord"
 )
 
@@ -75,9 +83,15 @@ CHANGE_SQL = (
 Conn = psycopg.AsyncConnection[Any]
 
 
-async def subject_rows(conn: Conn, subject: str) -> list[Row]:
-    cur = await conn.execute(SUBJECT_SQL, (subject,))
+async def subject_rows(conn: Conn, subject: str, hashed: str | None = None) -> list[Row]:
+    cur = await conn.execute(SUBJECT_SQL, ([subject] if hashed is None else [subject, hashed],))
     return [Row.of(row) for row in await cur.fetchall()]
+
+
+async def deactivated_at(conn: Conn, subject: str) -> datetime | None:
+    cur = await conn.execute(DEACTIVATED_SQL, (subject,))
+    row = await cur.fetchone()
+    return row[0] if row else None
 
 
 async def seen_as_person(conn: Conn, subject: str) -> bool:
@@ -88,18 +102,20 @@ async def seen_as_person(conn: Conn, subject: str) -> bool:
 
 
 async def bulk_states(conn: Conn, values: Sequence[str], phone: Sequence[bool],
-                      scope_forms: list[str] | None) -> list[str]:
-    """One state per input, in input order: opted_in, opted_out, unknown, or `invalid`."""
+                      scope_forms: list[str] | None, hashed: Sequence[str | None] | None = None) -> list[str]:
+    """One state per input, in input order: opted_in, opted_out, stale, unknown, or `invalid`.
+    `hashed`: each input's erasure hash (None: no erasure key)."""
     if not values:
         return []
     async with conn.transaction(), conn.cursor(binary=True) as cur:
         # Transaction-scoped (fine behind PgBouncer): JIT compiling costs more than it saves on this
         # one-off plan, and the join and the sort of 100,000 rows fit in memory instead of spilling.
         await cur.execute(BULK_SETTINGS_SQL)
+        hashes = list(hashed) if hashed is not None else [None] * len(values)
         if scope_forms is None:
-            await cur.execute(CHECK_ANY_SQL, (list(values), list(phone)))
+            await cur.execute(CHECK_ANY_SQL, (list(values), list(phone), hashes))
         else:
-            await cur.execute(CHECK_SCOPE_SQL, (list(values), list(phone), [*scope_forms, "*"]))
+            await cur.execute(CHECK_SCOPE_SQL, (list(values), list(phone), hashes, [*scope_forms, "*"]))
         return [row[0] for row in await cur.fetchall()]
 
 

@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from redis import Redis
 from redis.exceptions import RedisError
 
+from shared import erasure
 from shared.consent import REACH_SCOPE
 from shared.errors import DatabaseUnavailable
 from shared.record import RawRecord
@@ -200,6 +201,7 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = N
     park(ctx.redis, ctx.settings, result.parked)
     observe(ctx.metrics, "live", entries, result, time.perf_counter() - started)
     ack(ctx.redis, ctx.queue_redis, ctx.settings, ids)
+    erasure.erase_committed(ctx.redis, ctx.pool.connection, ctx.settings.stream, ctx.settings.key_prefix, ids)
     return result.summary(entries=len(entries), missing=len(ids) - len(entries),
                           seconds=round(time.perf_counter() - started, 4))
 

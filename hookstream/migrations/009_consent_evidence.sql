@@ -219,3 +219,84 @@ CREATE INDEX erasures_subject ON erasures (subject_hash);
 
 -- Exports and erasure find a person's statuses by recipient.
 CREATE INDEX message_status_recipient ON message_status (recipient);
+
+-- Erasure of one person (DELETE /v1/subjects/{subject}, shared/erasure.py): the subject and its
+-- texts become `p_hash` (a keyed hash made by the caller, who holds the key) in every table.
+-- Opted-in consent is dropped; opted-out consent is kept under the hash, so the person stays
+-- suppressed (lookups ask for the hash too). The person's consent changes join the hash's chain
+-- after its earlier links (an earlier erasure) and the chain is rehashed: old hashes covered the
+-- number. Raw records are found by the person's events and by any notation of the number in their
+-- bytes (`p_notations`). Audited in erasures (and consent_ledger_log); idempotent: a second call
+-- finds nothing left. `p_stream` is what the caller did in Redis, kept in the audit row.
+CREATE FUNCTION consent_erase(p_subject text, p_hash text, p_notations text[], p_actor text, p_stream jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    counts jsonb := '{}';
+    n integer;
+    changed integer;
+    base bigint;
+    marker bytea := convert_to(p_hash, 'UTF8');
+    raw bytea[] := ARRAY(SELECT convert_to(x, 'UTF8') FROM unnest(p_notations) AS x);
+    ids text[];
+BEGIN
+    PERFORM set_config('hookstream.ledger_procedure', 'erasure', true);
+    PERFORM pg_advisory_xact_lock(hashtext('hookstream.consent'), b)
+    FROM (SELECT DISTINCT consent_lock_bucket(s) AS b FROM unnest(ARRAY[p_subject, p_hash]) AS s ORDER BY 1) AS buckets;
+
+    UPDATE events SET phone = p_hash, phone_raw = p_hash, body = CASE WHEN body IS NULL THEN NULL ELSE p_hash END,
+                      payload = jsonb_build_object('erased', p_hash), updated_at = now()
+    WHERE phone = p_subject;
+    GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('events', n);
+
+    DELETE FROM message_status h USING message_status m
+    WHERE h.recipient = p_hash AND m.recipient = p_subject AND h.provider = m.provider AND h.message_ref = m.message_ref;
+    UPDATE message_status SET recipient = p_hash, updated_at = now() WHERE recipient = p_subject;
+    GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('message_status', n);
+
+    DELETE FROM consent WHERE subject = p_subject AND state = 'opted_in';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM consent h USING consent m WHERE h.subject = p_hash AND m.subject = p_subject AND h.scope = m.scope;
+    UPDATE consent SET subject = p_hash, updated_at = now() WHERE subject = p_subject;
+    GET DIAGNOSTICS changed = ROW_COUNT; counts := counts || jsonb_build_object('consent', n + changed);
+
+    SELECT coalesce(max(seq), 0) INTO base FROM (
+        SELECT seq FROM consent_changes WHERE subject = p_hash
+        UNION ALL SELECT seq FROM consent_changes_removed WHERE subject = p_hash) AS links;
+    UPDATE consent_changes SET subject = p_hash, seq = seq + base,
+           inbound_text = CASE WHEN inbound_text IS NULL THEN NULL ELSE p_hash END,
+           evidence = CASE WHEN evidence IS NULL THEN NULL ELSE jsonb_build_object('erased', p_hash) END
+    WHERE subject = p_subject;
+    GET DIAGNOSTICS changed = ROW_COUNT; counts := counts || jsonb_build_object('consent_changes', changed);
+    UPDATE consent_changes_removed SET subject = p_hash, seq = seq + base WHERE subject = p_subject;
+    IF changed > 0 THEN
+        PERFORM consent_rechain(p_hash);
+        INSERT INTO consent_ledger_log (procedure, actor, subject, rows) VALUES ('erasure', p_actor, p_hash, changed);
+    END IF;
+
+    UPDATE consent_records SET subject = p_hash, evidence = jsonb_build_object('erased', p_hash)
+    WHERE subject = p_subject;
+    GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('consent_records', n);
+
+    INSERT INTO consent_deactivations (subject, deactivated_at, source, reported_by, reported_at)
+    SELECT p_hash, deactivated_at, source, reported_by, reported_at FROM consent_deactivations WHERE subject = p_subject
+    ON CONFLICT DO NOTHING;
+    DELETE FROM consent_deactivations WHERE subject = p_subject;
+    GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('consent_deactivations', n);
+
+    ids := ARRAY(SELECT DISTINCT stream_id FROM events WHERE phone = p_hash);
+    UPDATE raw_archive SET body = marker, query = marker, headers = '{}'
+    WHERE body IS DISTINCT FROM marker AND (stream_id = ANY(ids)
+          OR EXISTS (SELECT 1 FROM unnest(raw) AS x WHERE position(x IN body) > 0 OR position(x IN query) > 0));
+    GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('raw_archive', n);
+
+    UPDATE dead_letters SET body = marker, query = marker, headers = '{}', reason = 'erased'
+    WHERE body IS DISTINCT FROM marker AND (stream_id = ANY(ids)
+          OR EXISTS (SELECT 1 FROM unnest(raw) AS x WHERE position(x IN body) > 0 OR position(x IN query) > 0
+                     OR strpos(headers::text, convert_from(x, 'UTF8')) > 0));
+    GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('dead_letters', n);
+
+    PERFORM set_config('hookstream.ledger_procedure', '', true);
+    INSERT INTO erasures (subject_hash, requested_by, counts) VALUES (p_hash, p_actor, counts || p_stream);
+    RETURN counts || p_stream;
+END
+$$;

@@ -50,7 +50,7 @@ def running_api(settings: Settings, clean: psycopg.Connection, tmp_path: Path) -
     port = free_port()
     env = {**os.environ, "HOOKSTREAM_REDIS_URL": str(settings.redis_url),
            "HOOKSTREAM_DATABASE_URL": str(settings.database_url), "HOOKSTREAM_API_TOKENS": TOKENS,
-           "HOOKSTREAM_LOG_LEVEL": "WARNING"}
+           "HOOKSTREAM_LOG_LEVEL": "WARNING", "HOOKSTREAM_ERASURE_KEY": "schemathesis-erasure-key-0123456789"}
     log = (tmp_path / "api.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "hookstream.cli", "api", "--host", "127.0.0.1",
                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -78,7 +78,9 @@ def running_api(settings: Settings, clean: psycopg.Connection, tmp_path: Path) -
 
 
 OPERATIONS = [("GET", "/v1/consent/{subject}"), ("POST", "/v1/consent/check"), ("GET", "/v1/consent/review"),
-              ("POST", "/v1/consent/review/{event_id}"), ("GET", "/v1/consent/changes")]
+              ("POST", "/v1/consent/review/{event_id}"), ("GET", "/v1/consent/changes"),
+              ("POST", "/v1/consent/records"), ("POST", "/v1/consent/deactivations"),
+              ("GET", "/v1/subjects/{subject}/export"), ("DELETE", "/v1/subjects/{subject}")]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

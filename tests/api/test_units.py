@@ -96,7 +96,7 @@ def test_without_a_scope_any_opt_out_wins() -> None:
     rows = [row("3669", OPTED_IN, 5), row("4000", OPTED_OUT, 1), row("5000", OPTED_OUT, 3)]
     found = answer("+31612345678", rows, None)
     assert (found.state, found.allowed, found.deciding) == (OPTED_OUT, False, rows[2])
-    assert [s for s, _ in found.scopes] == ["3669", "4000", "5000"]
+    assert [s for s, _, _ in found.scopes] == ["3669", "4000", "5000"]
     # A later `*` opt-in (not something the workers write today, but the rule allows it) reopens all.
     reopened = answer("+31612345678", rows + [row("*", OPTED_IN, 9)], None)
     assert (reopened.state, reopened.allowed) == (OPTED_IN, True)

@@ -54,7 +54,9 @@ def traffic(ingress_client: TestClient, drain: Drain) -> None:
 
 def forget_the_opt_in(db: psycopg.Connection) -> None:
     """As if an older keyword policy had not recognised START: the opt-out stands, no opt-in change."""
-    db.execute("DELETE FROM consent_changes WHERE outcome = 'opt_in'")
+    with db.transaction():  # the ledger is append-only: only as its retention procedure may
+        db.execute("SELECT set_config('hookstream.ledger_procedure', 'retention', true)")
+        db.execute("DELETE FROM consent_changes WHERE outcome = 'opt_in'")
     db.execute("UPDATE consent SET state = 'opted_out', changed_at = c.occurred_at, confirmed_at = c.occurred_at"
                " FROM consent_changes c WHERE c.outcome = 'opt_out' AND consent.subject = c.subject")
 
