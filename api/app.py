@@ -16,6 +16,7 @@ feed, whose order rests on the primary's transaction ids — stays on the primar
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,7 +24,9 @@ from typing import Any, TypedDict
 
 import orjson
 import psycopg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -32,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from api import access, cursor, deactivations, inputs, queries, records, replica, review
+from api import access, clock, cursor, deactivations, inputs, queries, records, replica, review
 from api.answers import NOT_ALLOWED, answer
 from api.auth import ApiTokens, BearerAuth, token_label
 from api.dashboard import PUBLIC_PATHS, Dashboard
@@ -282,6 +285,34 @@ def _erase_streams(settings: Settings, target: erasure.Target) -> dict[str, int]
         redis.close()
 
 
+async def metrics(request: Request) -> Response:
+    """The revocation clock (api.clock), for addresses in HOOKSTREAM_METRICS_ALLOWED_IPS only."""
+    state = _state(request)
+    settings = state["settings"]
+    try:
+        client = ipaddress.ip_address(request.client.host) if request.client else None
+    except ValueError:
+        client = None
+    if not (settings.metrics_allowed_ips.any_address or (client and settings.metrics_allowed_ips.admits(client))):
+        return error_response(403, "forbidden", "not an address allowed to read metrics")
+    gauges: clock.ClockMetrics = request.app.state.clock
+    async with state["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
+        gauges.unapplied.labels("review").set(await clock.oldest_review_s(conn))
+    try:
+        gauges.unapplied.labels("stream").set(await run_in_threadpool(_stream_age, settings))
+    except RedisError as exc:  # the review half still answers; the stream's last value stays
+        log.warning("revocation clock: redis unavailable (%s)", type(exc).__name__)
+    return Response(generate_latest(gauges.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _stream_age(settings: Settings) -> float:
+    redis = connections.cli_redis(settings)
+    try:
+        return clock.oldest_unprocessed_s(redis, settings.stream, settings.group)
+    finally:
+        redis.close()
+
+
 async def openapi(request: Request) -> Response:
     return Response(request.app.state.openapi, media_type="application/json")
 
@@ -333,6 +364,8 @@ async def on_internal(request: Request, exc: Exception) -> Response:
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
+# No bearer token: the document, the probes, and /metrics (limited to HOOKSTREAM_METRICS_ALLOWED_IPS).
+PUBLIC = frozenset({"/openapi.json", "/healthz", "/readyz", "/metrics"})
 
 
 def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPool[Any] | None = None,
@@ -372,6 +405,7 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/consent/check", check, methods=["POST"]),
         Route("/v1/consent/review", review_list, methods=["GET"]),
         Route("/v1/consent/review/{event_id:path}", review_decide, methods=["POST"]),
@@ -391,6 +425,7 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers,
                     middleware=[Middleware(SecureHeaders, headers={"x-content-type-options": "nosniff"}),
                                 Middleware(BearerAuth, tokens=tokens,
-                                           public=frozenset({"/openapi.json", "/healthz", "/readyz"}) | PUBLIC_PATHS)])
+                                           public=PUBLIC | PUBLIC_PATHS)])
     app.state.openapi = orjson.dumps(document())
+    app.state.clock = clock.ClockMetrics()
     return app

@@ -25,6 +25,7 @@ from shared.errors import DatabaseUnavailable
 from shared.record import RawRecord
 from shared.settings import Settings
 from shared.streamids import id_to_tuple
+from workers import consent
 from workers.context import WorkerContext
 from workers.metrics import WorkerMetrics
 from workers.normalize import Entry, NormalizeContext, normalize_entries
@@ -164,6 +165,8 @@ def observe(metrics: WorkerMetrics, mode: str, entries: list[Entry], result: Wri
     metrics.batch_size.observe(len(entries))
     metrics.batch_seconds.observe(seconds)
     committed_at = time.time()
+    if mode == "live":
+        consent.observe_revocations(metrics.revocation, result.changes, committed_at)
     metrics.observe_events((event for entry in entries for event in entry.events), mode)
     dead = collections.Counter(entry.record.provider if entry.record else "unknown"
                                for entry in entries if entry.dead_reason is not None)

@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
+from prometheus_client import Histogram
 
 from shared import consent
-from shared.consent import KEYWORD, OUTCOME_STATE, PROVIDER_SIGNAL, REACH_SCOPE, Signal, archive_key
+from shared.consent import KEYWORD, OPTED_OUT, OUTCOME_STATE, PROVIDER_SIGNAL, REACH_SCOPE, Signal, archive_key
 from shared.events import Event
 
 
@@ -49,3 +50,10 @@ def signals_of(items: Sequence[Item]) -> list[Signal]:
 def apply(cur: psycopg.Cursor[Any], items: Sequence[Item], reach: str = REACH_SCOPE) -> list[dict[str, Any]]:
     """Apply the consent signals of a batch's events in the caller's transaction."""
     return consent.apply(cur, signals_of(items), reach=reach)
+
+
+def observe_revocations(histogram: Histogram, changes: Sequence[dict[str, Any]], committed_at: float) -> None:
+    """The revocation clock: each opt-out change, from its signal's receive time to `committed_at`."""
+    for change in changes:
+        if change["new_state"] == OPTED_OUT:
+            histogram.labels(change["source"]).observe(max(committed_at - change["received_at"].timestamp(), 0.0))

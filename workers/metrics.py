@@ -67,6 +67,9 @@ def serve(port: int, registry: CollectorRegistry | None = None, allowed: NetList
     log.info("metrics on :%d/metrics", port)
 
 
+REVOCATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 10 * 24 * 3600)
+
+
 class WorkerMetrics:
     """What a batch did: events by provider/kind/outcome, its size and time, receive-to-commit lag."""
 
@@ -88,6 +91,10 @@ class WorkerMetrics:
                                        buckets=LATENCY_BUCKETS, registry=reg)
         self.commit_lag = Histogram("hookstream_worker_commit_lag_seconds", "From the ingress's 200 (receive time)"
                                     " to the commit of the record's batch.", buckets=LAG_BUCKETS, registry=reg)
+        # The revocation clock: an opt-out's receive time to its consent change committed, by source.
+        self.revocation = Histogram("hookstream_consent_revocation_seconds", "From an opt-out's receive time to"
+                                    " the commit of the consent change it made, by source.", ["source"],
+                                    buckets=REVOCATION_BUCKETS, registry=reg)
 
     def observe_events(self, events: Iterable[Event], mode: str = "live") -> None:
         """Counted first, then one increment per label set: a batch has a handful of them, and
