@@ -1,19 +1,32 @@
-"""Does the worker stay fast as Postgres grows? The same pipeline on an empty database, then on one
-pre-filled with millions of events.
+"""Does the worker stay fast as Postgres grows? The same pipeline on an empty database, then on the
+same database grown to 10 and then 50 million events; on the largest, the API's and the dashboard's
+lookups, and a partition dropped while the pipeline commits.
 
-    python -m bench.postgres_growth [--records 100000] [--prefill 10000000] [--rate 2000] [--paced-s 20]
+    python -m bench.postgres_growth [--records 100000] [--levels 10000000,50000000] [--rate 2000] [--paced-s 20]
 
-For each state (empty, pre-filled), with `hookstream dispatch` + `hookstream worker -n 1` as real
-processes (bench/workers.py):
+For each state (empty, then each level), with `hookstream dispatch` + `hookstream worker -n 1` as
+real processes (bench/workers.py):
 - `drain`: a stream of `records` entries drained: entries/s, events/s, CPU µs per entry of each
-  process tree, Postgres included;
+  process tree, Postgres included; with what Postgres did meanwhile (buffer reads and hits of the
+  dedupe key's index, checkpoints, buffers written by backends);
 - `paced`: entries appended at `rate`/s for `paced_s` seconds, each stamped with its append time:
   ingest-to-commit p50/p99 = the event row's created_at (its batch transaction's start, a few ms
   before its commit) minus that time.
-The pre-fill is INSERT … SELECT generate_series, in chunks: events spread over the last 90 days (the
-dedupe horizon, so every one of them has its key in event_keys too), each with a payload of the size
-a status report has. Bytes on disk per event: events and event_keys, tables and indexes, over their
-rows; measured on the pipeline's own rows and on the pre-fill. A benchmark reports; it asserts nothing.
+The pre-fill grows the database from one level to the next (never refilled): INSERT … SELECT
+generate_series in chunks of CHUNK rows, two at a time on their own connections (the machine has
+two cores), the chunks in flight a partition apart, through every production index (none dropped):
+events spread over the last 90 days (the dedupe horizon, so every one of them has its key in
+event_keys too) in the weekly partitions the upkeep makes, each with a payload of the size a status
+report has. Only for the pre-fill, checkpoints are spaced out (max_wal_size, checkpoint_timeout);
+initdb's settings are back, and a CHECKPOINT and VACUUM ANALYZE done, before anything is measured.
+Bytes on disk per event: events and event_keys, tables and indexes, over their rows.
+
+On the largest database (bench/growth_lookups.py): p50/p95 of the consent API's routes and the
+dashboard's pages, uncached. Then one paced run during which the upkeep drops the oldest partition
+(EVENTS.maintain, as the dispatcher runs it), then tries to while a reader holds the table (a report,
+pg_dump), then a plain DROP TABLE does what the upkeep did before it bounded its lock wait:
+ingest-to-commit p99 per second, and in the seconds after each against the seconds before.
+A benchmark reports; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,17 +35,22 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from redis import Redis
 
+from bench import growth_lookups
 from bench.common import postmaster_pid, write_json
 from bench.payloads import records
 from bench.workers import machine, remaining, run_pipeline
@@ -40,10 +58,17 @@ from hookstream.embedded import PostgresServer, RedisServer
 from hookstream.migrate import migrate
 from shared.settings import Settings
 from workers.dispatch import Dispatcher
+from workers.event_partitions import EVENTS
 
 HORIZON_DAYS = 90
-CHUNK = 1_000_000
+CHUNK = 500_000
+PARALLEL = 2
+BYTES_PER_EVENT = 800  # a little above what the pre-fill measured, for the free-space check
+PREFILL_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "30min"}
+LOOKUP_MESSAGES = 4_000_000
 # A status report's row: the columns a normalizer fills, a payload of ~200 bytes as providers send.
+# Rows `first`..`last` of a fill of `count` rows numbered from `low`, spread evenly over the `span_s`
+# seconds before `until`, in the order of their numbers.
 PREFILL_SQL = """
 WITH made AS (
     INSERT INTO events (dedupe_key, provider, feed, kind, provider_event_id, message_ref, phone, phone_raw,
@@ -57,7 +82,8 @@ WITH made AS (
            1
     FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n,
          LATERAL (SELECT '+316' || lpad(((n * 7919) %% 10000000)::text, 8, '0') AS p,
-                         now() - make_interval(secs => (%(total)s - n) * %(span_s)s / %(total)s::float8) AS t) AS x
+                         %(until)s::timestamptz - make_interval(
+                             secs => (1 - (n - %(low)s)::float8 / %(count)s) * %(span_s)s) AS t) AS x
     RETURNING dedupe_key, received_at
 )
 INSERT INTO event_keys SELECT dedupe_key, received_at FROM made
@@ -65,19 +91,85 @@ INSERT INTO event_keys SELECT dedupe_key, received_at FROM made
 SIZE_SQL = ("SELECT (SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c"
             " ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass),"
             " pg_total_relation_size('event_keys'), (SELECT count(*) FROM events)")
+INDEX_SIZES_SQL = (
+    "SELECT 'event_keys_pkey', pg_relation_size('event_keys_pkey') UNION ALL"
+    " SELECT 'event_keys_received_at', pg_relation_size('event_keys_received_at') UNION ALL"
+    " SELECT 'events_indexes', sum(pg_indexes_size(i.inhrelid)) FROM pg_inherits i"
+    " WHERE i.inhparent = 'events'::regclass"
+)
+STATS_SQL = (
+    "SELECT (SELECT idx_blks_read FROM pg_statio_user_indexes WHERE indexrelname = 'event_keys_pkey'),"
+    " (SELECT idx_blks_hit FROM pg_statio_user_indexes WHERE indexrelname = 'event_keys_pkey'),"
+    " checkpoints_timed + checkpoints_req, buffers_checkpoint, buffers_clean, buffers_backend FROM pg_stat_bgwriter"
+)
+STATS = ("event_keys_pkey_blks_read", "event_keys_pkey_blks_hit", "checkpoints", "buffers_checkpoint",
+         "buffers_clean", "buffers_backend")
 
 
-def prefill(database_url: str, total: int, log: Any) -> dict[str, Any]:
+def interleaved(chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The first half's chunks alternating with the second half's: two in flight are weeks apart."""
+    half = (len(chunks) + 1) // 2
+    out: list[tuple[int, int]] = []
+    for a, b in zip(chunks[:half], [*chunks[half:], None], strict=False):
+        out += [a] if b is None else [a, b]
+    return out
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def grow(postgres: PostgresServer, have: int, target: int, log: Any) -> dict[str, Any]:
+    """Add events `have`+1..`target` (their keys included) over the horizon, through every index."""
+    assert postgres.data_dir is not None
+    needed, free = (target - have) * BYTES_PER_EVENT + (8 << 30), free_bytes(postgres.data_dir)
+    if needed > free:
+        raise RuntimeError(f"{target - have:,} more events need about {needed >> 30} GB; {free >> 30} GB free")
     started = time.perf_counter()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for first in range(1, total + 1, CHUNK):
-            last = min(first + CHUNK - 1, total)
-            conn.execute(PREFILL_SQL, {"first": first, "last": last, "total": total, "span_s": HORIZON_DAYS * 86400})
-            log(f"prefill: {last:,} of {total:,} events, {time.perf_counter() - started:.0f}s")
+    until = datetime.now(UTC)
+    fill = {"low": have + 1, "count": target - have, "until": until, "span_s": HORIZON_DAYS * 86400}
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        EVENTS.create_range(conn, until - timedelta(days=HORIZON_DAYS), until)
+        for name, value in PREFILL_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+    chunks = interleaved([(first, min(first + CHUNK - 1, target)) for first in range(have + 1, target + 1, CHUNK)])
+    done = [0]
+    lock = threading.Lock()
+
+    def insert(chunk: tuple[int, int]) -> None:
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute(PREFILL_SQL, {**fill, "first": chunk[0], "last": chunk[1]})
+        with lock:
+            done[0] += chunk[1] - chunk[0] + 1
+            log(f"prefill: {have + done[0]:,} of {target:,} events, {time.perf_counter() - started:.0f}s")
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        list(pool.map(insert, chunks))
+    filled = time.perf_counter() - started
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        for name in PREFILL_SETTINGS:
+            conn.execute(f"ALTER SYSTEM RESET {name}")
+        conn.execute("SELECT pg_reload_conf()")
         conn.execute("VACUUM ANALYZE events")
         conn.execute("VACUUM ANALYZE event_keys")
         conn.execute("CHECKPOINT")
-    return {"events": total, "seconds": round(time.perf_counter() - started, 1)}
+    log(f"prefill: {target:,} events, {filled:.0f}s inserting, {time.perf_counter() - started:.0f}s in all")
+    return {"events": target - have, "insert_seconds": round(filled, 1),
+            "seconds": round(time.perf_counter() - started, 1), "parallel": PARALLEL, "chunk": CHUNK}
+
+
+def index_sizes(database_url: str) -> dict[str, Any]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        sizes = {name: int(size or 0) for name, size in conn.execute(INDEX_SIZES_SQL)}
+        shared = conn.execute("SELECT pg_size_bytes(current_setting('shared_buffers'))").fetchone()
+    return {**sizes, "shared_buffers": int(shared[0]) if shared else 0}
+
+
+def stats(database_url: str) -> dict[str, int]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(STATS_SQL).fetchone()
+    return {name: int(value or 0) for name, value in zip(STATS, row or (), strict=True)}
 
 
 def disk(database_url: str) -> dict[str, Any]:
@@ -112,14 +204,32 @@ def pipeline(env: dict[str, str], workers: int) -> Iterator[None]:
             proc.wait(30)
 
 
+Action = tuple[float, str, Callable[[], Any]]  # (seconds into the paced window, name, what to do)
+
+
 def paced(env: dict[str, str], settings: Settings, redis: Redis, rate: float, seconds: float,
-          first: int) -> dict[str, Any]:
-    """Append at `rate` for `seconds`, each record stamped at its append; p50/p99 of ingest-to-commit."""
+          first: int, actions: Sequence[Action] = ()) -> dict[str, Any]:
+    """Append at `rate` for `seconds`, each record stamped at its append; p50/p99 of ingest-to-commit.
+    `actions` run on threads of their own at their time into the window; with them, the p99 of each
+    second of appends is reported too, and each action's start, end and result."""
     total = int(rate * seconds)
     made = list(records(total, first=first, start_ms=0))
+    done: list[dict[str, Any]] = []
+    threads: list[threading.Timer] = []
+
+    def act(name: str, action: Callable[[], Any], at: float) -> None:
+        started = time.time()
+        result = action()
+        done.append({"action": name, "at_s": at, "started_s": round(started - sent_from, 2),
+                     "seconds": round(time.time() - started, 3), "result": result})
+
     with pipeline(env, 1):
         time.sleep(2)  # the processes' start-up is not ingest latency
         sent_from = time.time()
+        for at, name, action in actions:
+            timer = threading.Timer(at, act, (name, action, at))
+            timer.start()
+            threads.append(timer)
         tick, i = 0.01, 0
         while i < total:
             due = min(total, int((time.time() - sent_from) * rate) + 1)
@@ -132,17 +242,31 @@ def paced(env: dict[str, str], settings: Settings, redis: Redis, rate: float, se
             time.sleep(tick)
         sent_until = time.time()
         elapsed = sent_until - sent_from
+        for timer in threads:
+            timer.join()
         deadline = time.time() + 120
         while remaining(redis, settings) > 0 and time.time() < deadline:
             time.sleep(0.05)
+    window = (sent_from, sent_until + 0.1)
     with psycopg.connect(settings.database_url_or_default()) as conn:
         p50, p99, n = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag),"
             " count(*) FROM (SELECT extract(epoch FROM created_at - received_at) * 1000 AS lag FROM events"
             " WHERE received_at >= to_timestamp(%s) AND received_at <= to_timestamp(%s)) l",
-            (sent_from, sent_until + 0.1)).fetchone()  # type: ignore[misc]
-    return {"entries": total, "rate_sent": round(total / elapsed), "events": int(n),
-            "ingest_to_commit_ms": {"p50": round(float(p50 or 0), 1), "p99": round(float(p99 or 0), 1)}}
+            window).fetchone()  # type: ignore[misc]
+        per_second = [] if not actions else [
+            {"second": int(sec), "events": int(count), "p99_ms": round(float(q), 1), "max_ms": round(float(top), 1)}
+            for sec, count, q, top in conn.execute(
+                "SELECT floor(extract(epoch FROM received_at) - %s) AS sec, count(*),"
+                " percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag) FROM (SELECT received_at,"
+                " extract(epoch FROM created_at - received_at) * 1000 AS lag FROM events"
+                " WHERE received_at >= to_timestamp(%s) AND received_at <= to_timestamp(%s)) l GROUP BY 1 ORDER BY 1",
+                (sent_from, *window))]
+    out = {"entries": total, "rate_sent": round(total / elapsed), "events": int(n),
+           "ingest_to_commit_ms": {"p50": round(float(p50 or 0), 1), "p99": round(float(p99 or 0), 1)}}
+    if actions:
+        out |= {"actions": sorted(done, key=lambda a: a["at_s"]), "per_second": per_second}
+    return out
 
 
 def events_count(settings: Settings) -> int:
@@ -156,21 +280,99 @@ def measure(env: dict[str, str], settings: Settings, redis: Redis, postgres: Pos
     Dispatcher(settings, redis).ensure_group()
     fill_stream(redis, settings.stream, count, first)
     before = events_count(settings)
+    stats_before = stats(postgres.url)
     drain = run_pipeline(env, settings, redis, count, 1,
                          servers={"redis": redis_pid, "postgres": postmaster_pid(postgres)})
+    after = stats(postgres.url)
+    drain["postgres_stats"] = {name: after[name] - stats_before[name] for name in STATS}
     drain["events"] -= before  # run_pipeline counts the table's rows; the pre-fill is not this run's
     drain["events_per_s"] = round(drain["events"] / drain["seconds"])
-    log(f"drain: {drain['events_per_s']:,} events/s, postgres {drain['cpu_us_per_entry'].get('postgres')} µs/entry")
+    log(f"drain: {drain['events_per_s']:,} events/s, postgres {drain['cpu_us_per_entry'].get('postgres')} µs/entry,"
+        f" {drain['postgres_stats']}")
     redis.flushdb()
     Dispatcher(settings, redis).ensure_group()
     pace = paced(env, settings, redis, rate, paced_s, first + count)
     log(f"paced: {pace['rate_sent']:,}/s, ingest-to-commit p99 {pace['ingest_to_commit_ms']['p99']} ms")
-    return {"drain": drain, "paced": pace}
+    return {"drain": drain, "paced": pace, "disk": disk(postgres.url), "index_sizes": index_sizes(postgres.url)}
 
 
-def run(*, records_n: int = 100_000, prefill_n: int = 10_000_000, rate: float = 2000.0, paced_s: float = 20.0,
-        log: Any = print) -> dict[str, Any]:
-    """The whole benchmark (its own Redis and a durable PostgreSQL)."""
+def retention_dropping_oldest(database_url: str) -> int:
+    """The retention (seconds) under which the upkeep drops the oldest weekly partition and no other."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        oldest = min(start for name in EVENTS.existing(conn) if (start := EVENTS.start_in(name)) is not None)
+    return (datetime.now(UTC).date() - (oldest + timedelta(days=EVENTS.days))).days * 86400
+
+
+def oldest_partition(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return min((name for name in EVENTS.existing(conn) if EVENTS.start_in(name)),
+                   key=lambda name: EVENTS.start_in(name) or datetime.max.date())
+
+
+def upkeep_drop(database_url: str) -> dict[str, Any]:
+    """The dispatcher's partition upkeep, with a retention that has the oldest week expire."""
+    retention_s = retention_dropping_oldest(database_url)
+    name = oldest_partition(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        created, dropped = EVENTS.maintain(conn, retention_s)
+    return {"partition": name, "dropped": dropped}
+
+
+def plain_drop(database_url: str) -> dict[str, Any]:
+    """What the upkeep did before: DROP TABLE, waiting for the table's lock for as long as it takes."""
+    name = oldest_partition(database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(f"DROP TABLE {name}")
+        conn.commit()
+    return {"partition": name, "dropped": 1}
+
+
+def reader(database_url: str, hold_s: float) -> Callable[[], Any]:
+    """A transaction that has read events and holds its lock for `hold_s` (a long report, pg_dump)."""
+    def read() -> dict[str, Any]:
+        with psycopg.connect(database_url) as conn:
+            conn.execute("SELECT 1 FROM events LIMIT 1")
+            conn.execute("SELECT pg_sleep(%s)", (hold_s,))
+            conn.commit()
+        return {"held_s": hold_s}
+    return read
+
+
+def drop_under_load(env: dict[str, str], settings: Settings, redis: Redis, rate: float, first: int,
+                    log: Any) -> dict[str, Any]:
+    url = settings.database_url_or_default()
+    redis.flushdb()
+    Dispatcher(settings, redis).ensure_group()
+    actions: list[Action] = [
+        (8.0, "upkeep drops the oldest partition", lambda: upkeep_drop(url)),
+        (16.0, "a reader holds events for 4 s", reader(url, 4.0)),
+        (16.5, "upkeep drop while the reader holds events", lambda: upkeep_drop(url)),
+        (26.0, "a reader holds events for 4 s", reader(url, 4.0)),
+        (26.5, "plain DROP TABLE while the reader holds events", lambda: plain_drop(url)),
+    ]
+    pace = paced(env, settings, redis, rate, 36.0, first, actions)
+    seconds = {row["second"]: row for row in pace["per_second"]}
+
+    def p99(low: int, high: int) -> float:
+        return max((seconds[s]["p99_ms"] for s in range(low, high) if s in seconds), default=0.0)
+
+    pace["windows"] = {"before (s 1-7)": p99(1, 8), "upkeep drop (s 8-11)": p99(8, 12),
+                       "upkeep drop behind a reader (s 16-19)": p99(16, 20),
+                       "plain DROP behind a reader (s 26-31)": p99(26, 32)}
+    log(f"drop under load: worst per-second p99 {pace['windows']}; {pace['actions']}")
+    return pace
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / max(b, 1e-3), 3)
+
+
+def run(*, records_n: int = 100_000, levels: Sequence[int] = (10_000_000, 50_000_000), rate: float = 2000.0,
+        paced_s: float = 20.0, lookups: bool = True, drop: bool = True, prefill_n: int | None = None,
+        messages: int = LOOKUP_MESSAGES, log: Any = print) -> dict[str, Any]:
+    """The whole benchmark (its own Redis and a durable PostgreSQL, removed at the end). `prefill_n`:
+    one level only (as `make bench` asks). `prefill`, `prefilled` and `ratios` are the largest level's."""
+    levels = [prefill_n] if prefill_n else list(levels)
     redis_server = RedisServer(Path(tempfile.mkdtemp(prefix="hookstream-bench-redis-")), appendfsync="everysec").start()
     postgres = PostgresServer().start()
     try:
@@ -181,25 +383,39 @@ def run(*, records_n: int = 100_000, prefill_n: int = 10_000_000, rate: float = 
         redis = Redis.from_url(redis_server.url)
         pid = redis_server.proc.pid  # type: ignore[union-attr]
         results: dict[str, Any] = {"machine": machine(), "settings": {
-            "records": records_n, "prefill": prefill_n, "rate": rate, "paced_s": paced_s, "worker_processes": 1,
+            "records": records_n, "levels": list(levels), "rate": rate, "paced_s": paced_s, "worker_processes": 1,
             "postgres": "embedded PostgreSQL 15, initdb defaults (shared_buffers 128MB), fsync on"}}
         log("empty database")
         results["empty"] = measure(env, settings, redis, postgres, pid, records_n, rate, paced_s, 0, log)
-        results["empty"]["disk"] = disk(postgres.url)
-        log(f"prefilling {prefill_n:,} events")
-        results["prefill"] = prefill(postgres.url, prefill_n, log)
-        results["prefill"]["disk"] = disk(postgres.url)
-        log("pre-filled database")
-        results["prefilled"] = measure(env, settings, redis, postgres, pid, records_n, rate, paced_s,
-                                       10 * records_n, log)
-        e, p = results["empty"], results["prefilled"]
-        results["ratios"] = {
-            "events_per_s_prefilled_vs_empty": round(p["drain"]["events_per_s"] / e["drain"]["events_per_s"], 3),
-            "p99_prefilled_vs_empty": round(p["paced"]["ingest_to_commit_ms"]["p99"]
-                                            / max(e["paced"]["ingest_to_commit_ms"]["p99"], 1e-3), 3),
-            "postgres_cpu_us_prefilled_vs_empty": round(
-                p["drain"]["cpu_us_per_entry"]["postgres"] / max(e["drain"]["cpu_us_per_entry"]["postgres"], 1e-3), 3),
-        }
+        results["levels"], results["ratios_by_level"] = {}, {}
+        have, first = 0, 10 * records_n
+        empty = results["empty"]
+        for level in levels:
+            log(f"growing to {level:,} events")
+            grown = grow(postgres, have, level, log)
+            have = level
+            log(f"{level:,} events")
+            state = measure(env, settings, redis, postgres, pid, records_n, rate, paced_s, first, log)
+            first += 10 * records_n
+            results["levels"][str(level)] = {"prefill": grown, **state}
+            results["ratios_by_level"][str(level)] = {
+                "events_per_s_prefilled_vs_empty": ratio(state["drain"]["events_per_s"],
+                                                         empty["drain"]["events_per_s"]),
+                "p99_prefilled_vs_empty": ratio(state["paced"]["ingest_to_commit_ms"]["p99"],
+                                                empty["paced"]["ingest_to_commit_ms"]["p99"]),
+                "postgres_cpu_us_prefilled_vs_empty": ratio(state["drain"]["cpu_us_per_entry"]["postgres"],
+                                                            empty["drain"]["cpu_us_per_entry"]["postgres"]),
+            }
+            log(f"ratios at {level:,}: {results['ratios_by_level'][str(level)]}")
+            results["prefill"] = {"events": level, "disk": state["disk"]}
+            results["prefilled"], results["ratios"] = state, results["ratios_by_level"][str(level)]
+        if lookups:
+            growth_lookups.seed(postgres.url, redis, settings, messages, log)
+            results["lookups"] = growth_lookups.measure(settings)
+            results["lookups_over_200ms_p95"] = growth_lookups.over(results["lookups"])
+            log(f"lookups: {results['lookups']}")
+        if drop:
+            results["drop_under_load"] = drop_under_load(env, settings, redis, rate, first, log)
     finally:
         redis_server.stop()
         postgres.remove()
@@ -209,15 +425,19 @@ def run(*, records_n: int = 100_000, prefill_n: int = 10_000_000, rate: float = 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--prefill", type=int, default=10_000_000)
+    parser.add_argument("--levels", default="10000000,50000000", help="events stored, grown one after the other")
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--paced-s", type=float, default=20.0)
+    parser.add_argument("--messages", type=int, default=LOOKUP_MESSAGES, help="message_status rows for the lookups")
+    parser.add_argument("--no-lookups", action="store_true")
+    parser.add_argument("--no-drop", action="store_true")
     parser.add_argument("--out", default="bench/out/postgres_growth.json")
     args = parser.parse_args()
-    results = run(records_n=args.records, prefill_n=args.prefill, rate=args.rate, paced_s=args.paced_s,
+    results = run(records_n=args.records, levels=[int(v) for v in args.levels.split(",") if v],
+                  rate=args.rate, paced_s=args.paced_s, lookups=not args.no_lookups, drop=not args.no_drop,
+                  messages=args.messages,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    write_json(out, results)
+    write_json(Path(args.out), results)
     return 0
 
 
