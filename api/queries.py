@@ -15,7 +15,7 @@ import psycopg
 
 from api.answers import ROW_SQL_COLUMNS, Row
 from shared import consent
-from shared.consent import Signal
+from shared.consent import REVIEW, Signal, archive_key
 from shared.events import Outcome
 from shared.feed import FEED_SQL, Change, Position, iso
 
@@ -66,7 +66,8 @@ REVIEW_SQL = (
 # Only a queued event can be decided: the condition lets events_review_key (partial) find it in
 # each weekly partition without reading the others.
 EVENT_SQL = (
-    "SELECT provider, phone, scope, keyword, keyword_outcome, occurred_at, received_at"
+    "SELECT provider, phone, scope, keyword, keyword_outcome, occurred_at, received_at, stream_id, body,"
+    " provider_event_id"
     " FROM events WHERE dedupe_key = %s AND keyword_outcome = 'possible_opt_out'"
 )
 DECIDE_SQL = (
@@ -187,7 +188,7 @@ async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decisi
         found = await cur.fetchone()
         if found is None or found[4] != Outcome.POSSIBLE_OPT_OUT:
             raise NotInQueue(event_id)
-        provider, phone, scope, keyword, _, occurred_at, received_at = found
+        provider, phone, scope, keyword, _, occurred_at, received_at, stream_id, body, message_id = found
         if decision == "opt_out" and not (phone and scope):
             raise CannotApply("the event names no subject or no scope to opt out of")
         await cur.execute(DECIDE_SQL, (event_id, decision, label))
@@ -204,8 +205,11 @@ async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decisi
         change_id = None
         if decision == "opt_out":
             # The person's word stands in for the event's: an opt-out at the event's own time.
+            # Its evidence is the event's: the raw entry, the text the keyword policy flagged.
             signal = Signal(event_id, phone, scope, Outcome.OPT_OUT, occurred_at or received_at, received_at, keyword,
-                            provider)
+                            provider, source=REVIEW, stream_id=stream_id,
+                            archive_key=archive_key(received_at, stream_id) if stream_id else None,
+                            provider_message_id=message_id, inbound_text=body, actor=label)
             applied = await consent.apply_async(cur, [signal], decided_by=label)
             if applied:
                 change_id = applied[0]["id"]

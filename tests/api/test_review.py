@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
+from shared.keywords import POLICY_VERSION
 from tests.api.conftest import BARE, SECRET, get_json, post_json
 from tests.workers.conftest import Drain
 from tests.workers.test_pipeline import cm_mo, post, rows
@@ -47,6 +48,9 @@ def test_an_opt_out_decision_applies_and_is_audited(api: TestClient, ingress_cli
 
     [audit] = rows(clean, "SELECT * FROM consent_changes")
     assert (audit["decided_by"], audit["event_key"]) == ("alice", item["event_id"])
+    assert (audit["source"], audit["actor"], audit["inbound_text"], audit["policy_version"]) == (
+        "review", "alice", item["body"], POLICY_VERSION)
+    assert audit["stream_id"] and audit["archive_key"].endswith("/" + audit["stream_id"])
     [decision] = rows(clean, "SELECT * FROM review_decisions")
     assert (decision["decided_by"], decision["change_id"]) == ("alice", audit["id"])
     dump = str(rows(clean, "SELECT * FROM consent_changes")) + str(rows(clean, "SELECT * FROM review_decisions"))
