@@ -202,12 +202,28 @@ class Dashboard:
             return {"errors": [f"postgres: {first_line(exc)}"]}
 
     def compute(self, section: str) -> dict[str, Any]:
+        """The section's figures and when they were read (shown beside it: a cached section says its age)."""
+        updated = datetime.now(UTC).strftime("%H:%M:%S")
         if section == "flow":
-            return self._flow()
-        return self._postgres_section(data.deliverability if section == "deliverability" else data.consent)
+            return {**self._flow(), "updated": updated}
+        read = data.deliverability if section == "deliverability" else data.consent
+        return {**self._postgres_section(read), "updated": updated}
+
+    def agree(self) -> None:
+        """Flow is read every 2 s, deliverability every 30 s: a deliverability section cached while it
+        was empty would say "No delivery reports" beside the statuses Flow counts. Flow seeing
+        statuses makes an empty deliverability section be read again."""
+        flow, deliverability = self.cache.peek("flow"), self.cache.peek("deliverability")
+        if flow is not None and deliverability is not None and data.statuses_seen(flow) and data.no_reports(
+                deliverability):
+            self.cache.drop("deliverability")
 
     async def section(self, name: str) -> dict[str, Any]:
-        return await run_in_threadpool(self.cache.get, name, partial(self.compute, name))
+        self.agree()
+        value: dict[str, Any] = await run_in_threadpool(self.cache.get, name, partial(self.compute, name))
+        if name == "flow":
+            self.agree()
+        return value
 
     # -- authentication ---------------------------------------------------------------------------
 
@@ -287,7 +303,10 @@ class Dashboard:
         if auth is None:
             return self.json({"error": "unauthorized"}, 401)
         section = await self.section(name)
-        return self.html(f"_{name}.html", **self.context(name, section, auth[1]))
+        context = self.context(name, section, auth[1])
+        body = self.templates.get_template(f"_{name}.html").render(refresh_s=self.refresh_s, **context)
+        stamp = self.templates.get_template("_updated.html").render(at=section.get("updated"))
+        return Response(stamp + body, media_type="text/html; charset=utf-8")
 
     async def data(self, request: Request) -> Response:
         name = request.url.path.rsplit("/", 1)[1]

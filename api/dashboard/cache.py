@@ -8,7 +8,8 @@
   answered from memory and the value shown is at most TTL + the time to compute it old (plus the
   thread's half-second tick). A value older than TTL + `stale_grace_s` (the database hangs), or
   one nobody asked for in `idle_s` (not kept warm), is never served: the request computes it.
-- `drop(key)` forgets a value (after a review decision: the next request reads the database).
+- `drop(key)` forgets a value (after a review decision, or when another section shows it is out of
+  date: the next request reads the database); `peek(key)` looks at one without computing.
 
 With a TTL of 0 nothing is kept and every request computes (the tests; the benchmark's
 "uncached" figures).
@@ -68,6 +69,11 @@ class TTLCache:
             value = compute()
             self._values[key] = (started, value)  # its age counts from when the reading began
             return value
+
+    def peek(self, key: str) -> Any:
+        """The value held for `key` now, however old (None: none); computes nothing."""
+        hit = self._values.get(key)
+        return None if hit is None else hit[1]
 
     def drop(self, key: str) -> None:
         with self._locks[key]:

@@ -126,6 +126,17 @@ def no_traffic(flow_data: dict[str, Any]) -> bool:
 # -- Deliverability -------------------------------------------------------------------------------
 
 
+def statuses_seen(flow_data: dict[str, Any]) -> bool:
+    """Whether Flow counted status reports in its last hour."""
+    per_minute = flow_data.get("per_minute")
+    return per_minute is not None and any(s["outcome"] == "status" and s["total"] for s in per_minute["series"])
+
+
+def no_reports(deliverability_data: dict[str, Any]) -> bool:
+    """Whether the deliverability section says "No delivery reports" (read without an error)."""
+    return not deliverability_data.get("errors") and deliverability_data.get("total") == 0
+
+
 def day_range(today: date, days: int = DAYS) -> list[date]:
     return [today - timedelta(days=days - 1 - i) for i in range(days)]
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,21 @@ def status_json(settings: Settings) -> dict[str, Any]:
                           text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def worker_process(settings: Settings) -> Iterator[None]:
+    """`hookstream worker` as deployed, registered in RQ while the block runs; stopped (and
+    unregistered) after it."""
+    env = {**os.environ, "HOOKSTREAM_REDIS_URL": settings.redis_url or "",
+           "HOOKSTREAM_DATABASE_URL": settings.database_url or "", "HOOKSTREAM_WORKER_METRICS_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "hookstream.cli", "worker"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def number(text: str) -> int:
@@ -189,9 +205,20 @@ def test_the_page_shows_what_postgres_and_redis_hold(
             page.go_back()
             page.wait_for_selector("#flow .chart svg rect")
 
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.evaluate("window.scrollTo(0, 0)")
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            # Each section says when its figures were read
+            for name in ("flow", "deliverability", "consent"):
+                assert page.get_attribute(f"#{name} .section-updated", "data-updated"), name
+
+            # The README's screenshot shows a pipeline at work: a worker process registered, not
+            # "Workers 0" in the alarm colour.
+            with worker_process(settings):
+                expect(page.locator('[data-status="workers"] dd')).to_have_text("1", timeout=30_000)
+                assert "warn" not in (page.get_attribute('[data-status="workers"]', "class") or "")
+                assert [t.get_attribute("data-status") for t in page.query_selector_all("#status-tiles .tile.warn")] == [
+                    "dead_letters"]  # the one dead letter of the traffic, and only it
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                page.evaluate("window.scrollTo(0, 0)")
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
             page.close()
     finally:
         dash.close()

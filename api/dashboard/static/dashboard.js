@@ -96,7 +96,7 @@
     const u = document.getElementById("updated");
     if (!u) return;
     const now = new Date().toISOString().slice(11, 19);
-    u.textContent = ok ? `updated ${now} UTC` : `stale: refresh failed at ${now} UTC`;
+    u.textContent = ok ? `page updated ${now} UTC` : `stale: refresh failed at ${now} UTC`;
     u.classList.toggle("stale", !ok);
     if (ok) document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
   }
