@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -119,4 +121,31 @@ def test_retention_keeps_the_links_it_removes(ingress_client: TestClient, drain:
     post(ingress_client, "/webhooks/cm/mo", cm_mo("STOP", ref="later"))  # the chain goes on after removed links
     drain()
     assert [seq for seq, _, _ in _chain(db, "+31612345678")] == [4, 5]
+    assert ledger.verify(db).ok
+
+
+def test_two_writers_of_one_subject_never_fork_its_chain(db: psycopg.Connection, database_url: str) -> None:
+    """The second writer waits for the first's commit (the subject's lock), then links after its row."""
+    insert = ("INSERT INTO consent_changes (event_key, subject, scope, new_state, outcome, provider, occurred_at,"
+              " received_at) VALUES (%s, '+31612345678', '3669', 'opted_out', 'opt_out', 'cm', now(), now())")
+    with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
+        first.execute(insert, ("k1",))  # open transaction holding the subject's lock
+        done = threading.Event()
+
+        def write() -> None:
+            second.execute(insert, ("k2",))
+            second.commit()
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        # The second waits on the subject's advisory lock, not forking the chain beside the first.
+        pid, deadline = second.info.backend_pid, time.monotonic() + 10
+        while db.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() != ("advisory",):
+            assert time.monotonic() < deadline and not done.is_set(), "the second writer did not wait"
+            time.sleep(0.01)
+        first.commit()
+        writer.join(10)
+        assert done.is_set()
+    assert [seq for seq, _, _ in _chain(db, "+31612345678")] == [1, 2]
     assert ledger.verify(db).ok
