@@ -30,32 +30,40 @@ _KNOWN = (
     "WHEN i.phone OR EXISTS (SELECT 1 FROM consent k WHERE k.subject = i.subject)"
     " OR EXISTS (SELECT 1 FROM events e WHERE e.phone = i.subject) THEN 'unknown' ELSE 'invalid'"
 )
-_INPUT = "unnest(%b::text[], %b::bool[], %b::text[]) WITH ORDINALITY AS i(subject, phone, hashed, ord)"
-_MATCH = "c.subject = ANY(ARRAY[i.subject, i.hashed])"  # the number, and its erasure hash
-# Consent confirmed before the number was reported deactivated (api.deactivations) is stale.
-_DEACTIVATED = "(SELECT max(d.deactivated_at) FROM consent_deactivations d WHERE d.subject = i.subject)"
+# The input, each subject with its ordinal; with erasure hashes, each subject looked up under both
+# the number and its hash (an erased person who had opted out), still as an equality join.
+_INPUT = "unnest(%b::text[], %b::bool[]) WITH ORDINALITY AS i(subject, phone, ord)"
+_INPUT_HASHED = ("unnest(%b::text[], %b::bool[], %b::text[]) WITH ORDINALITY AS i(subject, phone, hashed, ord)"
+                 " CROSS JOIN LATERAL (VALUES (i.subject), (i.hashed)) AS k(lookup)")
+# Each subject's latest deactivation (api.deactivations): consent confirmed before it is stale.
+_DEACTIVATED = (" LEFT JOIN (SELECT subject, max(deactivated_at) AS at FROM consent_deactivations"
+                " WHERE subject = ANY(%b::text[]) GROUP BY subject) d ON d.subject = i.subject")
 
-# With a scope: the winning row among the scope's rows (both notations) and the `*` row — the
-# later confirmed_at, an opt-out on a tie: `shared.consent.effective`, as one DISTINCT ON.
-CHECK_SCOPE_SQL = (
-    "SELECT DISTINCT ON (i.ord) CASE"
-    f" WHEN c.state = 'opted_in' AND c.confirmed_at < {_DEACTIVATED} THEN 'stale'"
-    " WHEN c.state IS NOT NULL THEN c.state " + _KNOWN + " END"
-    f" FROM {_INPUT} LEFT JOIN consent c ON {_MATCH} AND c.scope = ANY(%b::text[])"
-    " ORDER BY i.ord, c.confirmed_at DESC NULLS LAST, c.state = 'opted_out' DESC"
-)
-# Without: opted out if any scope is. A scope row is out when it is out and not older than the `*`
-# row (ties: out), the `*` row when it is out — so: the `*` row is out, or the latest opted-out
-# scope row is at least as recent as an opted-in `*` row (or there is none). One join, one pass.
-CHECK_ANY_SQL = (
-    "SELECT CASE WHEN bool_or(c.scope = '*' AND c.state = 'opted_out')"
-    " OR max(c.confirmed_at) FILTER (WHERE c.scope <> '*' AND c.state = 'opted_out')"
-    " >= coalesce(max(c.confirmed_at) FILTER (WHERE c.scope = '*' AND c.state = 'opted_in'), '-infinity')"
-    f" THEN 'opted_out' WHEN count(c.state) > 0 THEN CASE WHEN max(c.confirmed_at) < {_DEACTIVATED} THEN 'stale'"
-    " ELSE 'opted_in' END " + _KNOWN + " END"
-    f" FROM {_INPUT} LEFT JOIN consent c ON {_MATCH}"
-    " GROUP BY i.ord, i.subject, i.phone ORDER BY i.ord"
-)
+
+def check_sql(scoped: bool, hashed: bool) -> str:
+    """The bulk check's one statement. Parameters: subjects, phone flags, [hashes], [scope forms and
+    `*`], subjects again (for the deactivations).
+
+    With a scope: the winning row among the scope's rows (both notations) and the `*` row — the
+    later confirmed_at, an opt-out on a tie: `shared.consent.effective`, as one DISTINCT ON.
+    Without: opted out if any scope is. A scope row is out when it is out and not older than the
+    `*` row (ties: out), the `*` row when it is out — so: the `*` row is out, or the latest
+    opted-out scope row is at least as recent as an opted-in `*` row (or there is none)."""
+    source = (_INPUT_HASHED if hashed else _INPUT) + " LEFT JOIN consent c ON c.subject = " + (
+        "k.lookup" if hashed else "i.subject")
+    if scoped:
+        return ("SELECT DISTINCT ON (i.ord) CASE WHEN c.state = 'opted_in' AND c.confirmed_at < d.at THEN 'stale'"
+                " WHEN c.state IS NOT NULL THEN c.state " + _KNOWN + " END"
+                f" FROM {source} AND c.scope = ANY(%b::text[]){_DEACTIVATED}"
+                " ORDER BY i.ord, c.confirmed_at DESC NULLS LAST, c.state = 'opted_out' DESC")
+    return ("SELECT CASE WHEN bool_or(c.scope = '*' AND c.state = 'opted_out')"
+            " OR max(c.confirmed_at) FILTER (WHERE c.scope <> '*' AND c.state = 'opted_out')"
+            " >= coalesce(max(c.confirmed_at) FILTER (WHERE c.scope = '*' AND c.state = 'opted_in'), '-infinity')"
+            " THEN 'opted_out' WHEN count(c.state) > 0 THEN CASE WHEN max(c.confirmed_at) < max(d.at) THEN 'stale'"
+            " ELSE 'opted_in' END " + _KNOWN + " END"
+            f" FROM {source}{_DEACTIVATED}"
+            " GROUP BY i.ord, i.subject, i.phone ORDER BY i.ord")
+
 
 BULK_SETTINGS_SQL = "SELECT set_config('jit', 'off', true), set_config('work_mem', '64MB', true)"
 
@@ -112,11 +120,9 @@ async def bulk_states(conn: Conn, values: Sequence[str], phone: Sequence[bool],
         # Transaction-scoped (fine behind PgBouncer): JIT compiling costs more than it saves on this
         # one-off plan, and the join and the sort of 100,000 rows fit in memory instead of spilling.
         await cur.execute(BULK_SETTINGS_SQL)
-        hashes = list(hashed) if hashed is not None else [None] * len(values)
-        if scope_forms is None:
-            await cur.execute(CHECK_ANY_SQL, (list(values), list(phone), hashes))
-        else:
-            await cur.execute(CHECK_SCOPE_SQL, (list(values), list(phone), hashes, [*scope_forms, "*"]))
+        params: list[Any] = [list(values), list(phone)] + ([list(hashed)] if hashed is not None else [])
+        scopes = [[*scope_forms, "*"]] if scope_forms is not None else []
+        await cur.execute(check_sql(scope_forms is not None, hashed is not None), [*params, *scopes, list(values)])
         return [row[0] for row in await cur.fetchall()]
 
 

@@ -1,6 +1,8 @@
-"""Bulk consent check: 100,000 subjects in one call, beside the same lookups one query per subject.
+"""Bulk consent check: 100,000 subjects in one call, beside the same lookups one query per subject;
+importing 100,000 consent records; exporting a subject with 10,000 events.
 
     python -m bench.consent [--subjects 100000] [--people 300000] [--per-subject 100000] [--database-url URL]
+                            [--parts check,import,export] [--imports 100000] [--export-events 10000]
 
 Without --database-url it starts a throw-away PostgreSQL (as the tests do); with one, it EMPTIES
 consent and consent_changes there first. Figures (JSON on stdout, seconds):
@@ -10,7 +12,15 @@ consent and consent_changes there first. Figures (JSON on stdout, seconds):
 - `query_only`: the one set-based statement alone, subjects already normalized;
 - `per_subject`: the same answers with one query per subject on one pooled connection (the
   naive design), and `per_subject_100k` scaled to the whole list when fewer were timed.
-Each with a scope and without, the best of --repeat runs. A benchmark reports; it asserts nothing.
+Each with a scope and without, the best of --repeat runs.
+- `import`: POST /v1/consent/records, 10,000 records a request (the most one takes), through the app:
+  JSON, every subject normalized, the records stored, the rules applied, each change a link of its
+  subject's hash chain (the insert trigger). Baseline in the same run: the same rows written by one
+  INSERT into a table of consent_records' shape without rules or chain (`raw_insert_s`), and the ratio.
+  Half the records are for people already in `consent`, a tenth of them opt-outs.
+- `export`: GET /v1/subjects/{subject}/export of a subject with --export-events events (and 100
+  consent changes), as JSON and as CSV, beside its events read alone by one SELECT (`events_query_s`).
+A benchmark reports; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from starlette.testclient import TestClient
 
-from api import queries
+from api import queries, records
 from api.app import create_app
 from api.auth import ApiTokens
 from hookstream.embedded import PostgresServer
@@ -93,8 +103,104 @@ async def per_subject(database_url: str, values: list[str]) -> float:
             return time.perf_counter() - started
 
 
-def run(database_url: str, count: int, people: int, per_subject_count: int, repeat: int = 3) -> dict[str, Any]:
+def import_records(database_url: str, total: int, people: int) -> dict[str, Any]:
+    """`total` records in requests of 10,000, then the same rows by one plain INSERT (the baseline)."""
+    rng = random.Random(2)
+    batch = records.MAX_RECORDS
+    made = [{"id": f"bench-{i}", "subject": f"+316{rng.randrange(1, 2 * people):08d}", "scope": "3669",
+             "state": "opted_out" if rng.random() < 0.1 else "opted_in",
+             "occurred_at": f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00Z", "source": "web_form",
+             "evidence": {"version": "form-3", "ip": "203.0.113.9", "url": "https://example.com/join"}}
+            for i in range(total)]
+    settings = Settings(database_url=database_url)
+    tokens = ApiTokens.parse(f"bench:{TOKEN}")
+    seconds: list[float] = []
+    changes = 0
+    with TestClient(create_app(settings, tokens), headers={"authorization": f"Bearer {TOKEN}"}) as client:
+        for start in range(0, total, batch):
+            body = orjson.dumps({"records": made[start:start + batch]})
+            started = time.perf_counter()
+            response = client.post("/v1/consent/records", content=body)
+            seconds.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text[:300]
+            changes += response.json()["changes"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE raw_records (LIKE consent_records INCLUDING ALL)")
+        started = time.perf_counter()
+        for start in range(0, total, batch):
+            part = made[start:start + batch]
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO raw_records (id, digest, import_id, subject, scope, state, occurred_at, source,"
+                    " evidence, imported_by) SELECT id, '', 'raw', s, sc, st, t, src, e, 'bench' FROM unnest("
+                    "%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::jsonb[])"
+                    " AS u(id, s, sc, st, t, src, e)",
+                    ([r["id"] for r in part], [r["subject"] for r in part], [r["scope"] for r in part],
+                     [r["state"] for r in part], [r["occurred_at"] for r in part], [r["source"] for r in part],
+                     [orjson.dumps(r["evidence"]).decode() for r in part]))
+        raw = time.perf_counter() - started
+        chains = conn.execute("SELECT count(DISTINCT subject) FROM consent_changes").fetchone()[0]  # type: ignore[index]
+    total_s = sum(seconds)
+    return {"records": total, "requests": len(seconds), "seconds": round(total_s, 3),
+            "records_per_s": round(total / total_s), "request_s_max": round(max(seconds), 3),
+            "changes": changes, "chains": chains, "raw_insert_s": round(raw, 3),
+            "ratio_to_raw_insert": round(total_s / raw, 1)}
+
+
+def export_subject(database_url: str, events: int, repeat: int) -> dict[str, Any]:
+    """One subject with `events` events and 100 consent changes, exported as JSON and as CSV."""
+    subject = "+31699999999"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events (dedupe_key, provider, feed, kind, message_ref, phone, phone_raw, counterpart, body,"
+            " status, provider_status, occurred_at, received_at, stream_id, payload, normalizer_version)"
+            " SELECT 'bench:export:' || i, 'cm', 'status', 'status', 'ref-' || i, %s, %s, '3669', NULL, 'delivered',"
+            " '2', now() - i * interval '1 minute', now() - i * interval '1 minute', i || '-0',"
+            " jsonb_build_object('to', %s::text, 'reference', 'ref-' || i, 'status', 2), 1"
+            " FROM generate_series(1, %s) AS i", (subject, subject, subject, events))
+        conn.execute(
+            "INSERT INTO consent_changes (event_key, subject, scope, old_state, new_state, outcome, keyword, provider,"
+            " occurred_at, received_at, inbound_text) SELECT 'bench:change:' || i, %s, '3669', NULL,"
+            " CASE WHEN i %% 2 = 0 THEN 'opted_out' ELSE 'opted_in' END, 'opt_out', 'stop', 'cm',"
+            " now() - i * interval '1 hour', now() - i * interval '1 hour', 'STOP' FROM generate_series(1, 100) AS i",
+            (subject,))
+        conn.execute("ANALYZE events")
+        started = time.perf_counter()
+        conn.execute("SELECT * FROM events WHERE phone = %s ORDER BY received_at, id", (subject,)).fetchall()
+        query_s = time.perf_counter() - started
+    settings = Settings(database_url=database_url)
+    tokens = ApiTokens.parse(f"bench:{TOKEN}")
+    figures: dict[str, Any] = {"events": events, "changes": 100, "events_query_s": round(query_s, 3)}
+    with TestClient(create_app(settings, tokens), headers={"authorization": f"Bearer {TOKEN}"}) as client:
+        for kind in ("json", "csv"):
+            runs = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                response = client.get(f"/v1/subjects/{subject}/export", params={"format": kind})
+                runs.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text[:300]
+            figures[kind] = {"seconds": round(min(runs), 3), "bytes": len(response.content),
+                             "ratio_to_events_query": round(min(runs) / query_s, 1)}
+    return figures
+
+
+PARTS = ("check", "import", "export")
+
+
+def run(database_url: str, count: int, people: int, per_subject_count: int, repeat: int = 3,
+        parts: tuple[str, ...] = PARTS, imports: int = 100_000, export_events: int = 10_000) -> dict[str, Any]:
     seed(database_url, people)
+    figures: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine()}
+    if "check" in parts:
+        figures |= bulk_check(database_url, count, people, per_subject_count, repeat)
+    if "import" in parts:
+        figures["import"] = import_records(database_url, imports, people)
+    if "export" in parts:
+        figures["export"] = export_subject(database_url, export_events, repeat)
+    return figures
+
+
+def bulk_check(database_url: str, count: int, people: int, per_subject_count: int, repeat: int) -> dict[str, Any]:
     listed = subjects(count, people)
     settings = Settings(database_url=database_url)
     tokens = ApiTokens.parse(f"bench:{TOKEN}")
@@ -135,7 +241,14 @@ def main() -> None:
     parser.add_argument("--per-subject", type=int, default=100_000, help="subjects timed one query each")
     parser.add_argument("--database-url", help="use this database (its consent tables are EMPTIED)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each figure; the best is reported")
+    parser.add_argument("--parts", default=",".join(PARTS), help="which figures: check, import, export")
+    parser.add_argument("--imports", type=int, default=100_000, help="consent records imported")
+    parser.add_argument("--export-events", type=int, default=10_000, help="events of the exported subject")
     args = parser.parse_args()
+    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s): {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     server = None
     url = args.database_url
     if url is None:
@@ -143,7 +256,9 @@ def main() -> None:
         url = server.url
     try:
         migrate(url)
-        print(orjson.dumps(run(url, args.subjects, args.people, args.per_subject, args.repeat), option=orjson.OPT_INDENT_2).decode())
+        figures = run(url, args.subjects, args.people, args.per_subject, args.repeat, parts, args.imports,
+                      args.export_events)
+        print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     finally:
         if server is not None:
             server.remove()
