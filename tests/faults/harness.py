@@ -63,6 +63,7 @@ from bench.payloads import MAKERS
 from hookstream.embedded import EmbeddedError, PostgresServer, RedisServer, free_port
 from hookstream.migrate import migrate
 from ingress.routes import FEEDS
+from shared import connections
 from shared.settings import Settings
 from tests.conftest import empty_tables
 from workers.batch import write_bisecting
@@ -335,8 +336,12 @@ class Pipeline:
 
     @property
     def redis(self) -> redis.Redis:
+        """The harness's own client of the pipeline's Redis: with HOOKSTREAM_REDIS_SENTINELS in the
+        environment (a test's override), the primary the Sentinels name, followed through a failover."""
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.servers.redis.url, socket_timeout=5, socket_connect_timeout=2)
+            settings = self.settings
+            self._redis = connections.cli_redis(settings) if settings.redis_sentinels else redis.Redis.from_url(
+                self.servers.redis.url, socket_timeout=5, socket_connect_timeout=2)
         return self._redis
 
     # lifecycle
@@ -546,8 +551,11 @@ class Pipeline:
         for group in self.redis.xinfo_groups(s.stream):
             if group["name"].decode() == s.group:
                 lag = group.get("lag")
-                if lag is None:  # unknown after deletions: compare the last ids
-                    last = self.redis.xrevrange(s.stream, count=1)
+                last = self.redis.xrevrange(s.stream, count=1)
+                # Compare the last ids when Redis does not know (after deletions), and when the group
+                # has delivered the last entry: Redis 7.0's counter behind `lag` can stay too high
+                # forever on a promoted replica (its XREADGROUPs reach replicas without it).
+                if lag is None or (last and last[0][0] == group["last-delivered-id"]):
                     lag = int(bool(last) and last[0][0] != group["last-delivered-id"])
                 return int(lag), int(group["pending"])
         return -1, -1

@@ -8,12 +8,15 @@ primary be voted down and replaced.
 
 Sentinel's clocks are short (`down-after-milliseconds` 1000, `failover-timeout` 3000), so a
 failover, asked for (`failover`) or caused by `kill -9` of the primary (`kill_primary`), ends in
-a few seconds. Fault tests may reuse it: `primary`, `replicas` and `sentinels` are the processes.
+a few seconds. Fault tests may reuse it: `servers` and `sentinels` are the processes; `replicas`
+names the data servers that are not the primary; `pause_replicas` stops them (SIGSTOP) and `resume`
+lets them go on; `restart` starts a killed server again and waits until it is a replica in sync.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -170,14 +173,57 @@ class SentinelGroup:
 
     def kill_primary(self, timeout_s: float = 30) -> tuple[int, int]:
         """kill -9 of the primary, then wait until the Sentinels promoted a replica; (old port, new port)."""
+        old = self.kill_primary_only()
+        return old, self.wait_promoted(old, timeout_s)
+
+    def kill_primary_only(self) -> int:
+        """kill -9 of the primary; returns once the process is gone (its port)."""
         old = self.primary_port()
         server = self.server(old)
         assert server.proc is not None
         server.proc.kill()
         server.proc.wait()
         server.proc = None
-        new = wait_for(lambda: self._promoted(old), timeout_s, "a replica promoted after the kill")
-        return old, new
+        return old
+
+    def wait_promoted(self, old: int, timeout_s: float = 30) -> int:
+        """Until the Sentinels name a replica as the primary instead of `old`, and it serves as one (its port)."""
+        return int(wait_for(lambda: self._promoted(old), timeout_s, "a replica promoted after the kill"))
+
+    def replicas(self) -> list[RedisServer]:
+        """The running data servers that are not the primary the Sentinels name."""
+        primary = self.primary_port()
+        return [s for s in self.servers if s.port != primary and s.proc is not None and s.proc.poll() is None]
+
+    def pause_replicas(self) -> list[RedisServer]:
+        """SIGSTOP every replica and wait until each is stopped: they take nothing and confirm nothing."""
+        paused = self.replicas()
+        for server in paused:
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+        for server in paused:
+            wait_for(lambda s=server: _state(s) == "T", 10, f"replica on {server.port} stopped")
+        return paused
+
+    def resume(self, servers: list[RedisServer]) -> None:
+        for server in servers:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.send_signal(signal.SIGCONT)
+
+    def restart(self, port: int, timeout_s: float = 60) -> None:
+        """Start a killed data server again on its port and folder (its AOF is loaded): a former primary
+        comes back as a primary with what it held, until the Sentinels turn it into a replica of the
+        current one, whose full copy replaces its own. Waits until it is that replica, in sync."""
+        server = self.server(port)
+        assert server.proc is None, f"the server on {port} is running"
+        _start(server)
+
+        def rejoined() -> bool:
+            info = _admin(port).info("replication")
+            return (info["role"] == "slave" and int(info["master_port"]) == self.primary_port()
+                    and info["master_link_status"] == "up")
+
+        wait_for(rejoined, timeout_s, f"the server on {port} a replica of the primary again", every_s=0.2)
 
     def _promoted(self, old: int) -> int | None:
         port = self.primary_port()
@@ -199,6 +245,13 @@ def _start(server: RedisServer) -> None:
 
 def _admin(port: int, db: int = 0) -> redis.Redis:
     return redis.Redis(port=port, db=db, password=PASSWORD, socket_timeout=2, socket_connect_timeout=1)
+
+
+def _state(server: RedisServer) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    assert server.proc is not None
+    stat = Path(f"/proc/{server.proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def _role(port: int) -> str:
