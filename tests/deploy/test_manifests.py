@@ -77,21 +77,40 @@ INGRESS_STOP_MARGIN_S = 5
 # PostgreSQL's default max_connections.
 POSTGRES_MAX_CONNECTIONS = 100
 
-# KEDA trigger metadata keys, hand-written from the KEDA 2.x scaler pages (redis lists, redis
-# streams); a misspelt key is otherwise ignored by KEDA without a word. Connection parameters may
-# also come from a TriggerAuthentication (AUTH_PARAMETERS).
+# KEDA trigger metadata keys, hand-written from the KEDA 2.x scaler pages (redis lists and streams,
+# with their Sentinel and Cluster variants, and prometheus) and checked against the scalers' source
+# (pkg/scalers/redis_scaler.go, redis_streams_scaler.go, prometheus_scaler.go); a misspelt key is
+# otherwise ignored by KEDA without a word. Connection parameters may also come from a
+# TriggerAuthentication (AUTH_PARAMETERS) or, as <name>FromEnv, from the scale target's environment.
 _REDIS_CONNECTION = {
-    "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "username",
-    "usernameFromEnv", "password", "passwordFromEnv", "databaseIndex", "enableTLS", "unsafeSsl",
+    "address", "addressFromEnv", "addresses", "addressesFromEnv", "host", "hostFromEnv", "hosts", "hostsFromEnv",
+    "port", "portFromEnv", "ports", "portsFromEnv", "username", "usernameFromEnv", "password", "passwordFromEnv",
+    "databaseIndex", "enableTLS", "unsafeSsl",
+}
+_SENTINEL = {
+    "sentinelUsername", "sentinelUsernameFromEnv", "sentinelPassword", "sentinelPasswordFromEnv",
+    "sentinelMaster", "sentinelMasterFromEnv",
+}
+_LISTS = {"listName", "listLength", "activationListLength"}
+_STREAMS = {
+    "stream", "consumerGroup", "pendingEntriesCount", "streamLength", "lagCount", "activationLagCount",
+    "activationStreamLength",
 }
 TRIGGER_PARAMETERS = {
-    "redis": _REDIS_CONNECTION | {"listName", "listLength", "activationListLength"},
-    "redis-streams": _REDIS_CONNECTION | {
-        "stream", "consumerGroup", "pendingEntriesCount", "streamLength", "lagCount",
-        "activationLagCount", "activationStreamLength",
+    "redis": _REDIS_CONNECTION | _LISTS,
+    "redis-sentinel": _REDIS_CONNECTION | _SENTINEL | _LISTS,
+    "redis-cluster": _REDIS_CONNECTION | _LISTS,
+    "redis-streams": _REDIS_CONNECTION | _STREAMS,
+    "redis-sentinel-streams": _REDIS_CONNECTION | _SENTINEL | _STREAMS,
+    "redis-cluster-streams": _REDIS_CONNECTION | _STREAMS,
+    "prometheus": {
+        "serverAddress", "query", "queryParameters", "threshold", "activationThreshold", "namespace",
+        "customHeaders", "ignoreNullValues", "unsafeSsl", "timeout", "authModes", "awsRegion", "identityOwner",
     },
 }
-AUTH_PARAMETERS = {"address", "host", "port", "username", "password", "tls", "ca", "cert", "key", "keyPassword"}
+AUTH_PARAMETERS = {"address", "addresses", "host", "hosts", "port", "ports", "username", "password",
+                   "sentinelUsername", "sentinelPassword", "sentinelMaster", "tls", "ca", "cert", "key", "keyPassword",
+                   "bearerToken", "customAuthHeader", "customAuthValue"}
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -268,7 +287,11 @@ def test_every_yaml_file_under_deploy_parses() -> None:
     for path in files:
         docs = load_yaml(path)
         assert docs, f"{path.relative_to(ROOT)} holds no document"
-        assert all(isinstance(doc, dict) for doc in docs), f"{path.relative_to(ROOT)}: a document is not a mapping"
+        # A JSON patch (RFC 6902) of a kustomization is a list of operations; anything else a mapping.
+        json_patch = [doc for doc in docs if isinstance(doc, list)
+                      and all(isinstance(op, dict) and {"op", "path"} <= set(op) for op in doc)]
+        assert all(isinstance(doc, dict) for doc in docs if doc not in json_patch), \
+            f"{path.relative_to(ROOT)}: a document is not a mapping"
 
 
 def test_manifests_are_namespace_agnostic_and_uniquely_named() -> None:
@@ -485,8 +508,8 @@ def test_api_probes_hit_a_route_that_needs_no_token_on_the_api_port() -> None:
 
 def test_the_api_probes_answer_without_a_token() -> None:
     """The real app with Postgres unreachable: liveness answers 200 and readiness 503 to anyone,
-    while a consent route refuses a request without a token. With a token, /metrics does not
-    exist: nothing for Prometheus to scrape (deploy/prometheus.yml has no API job)."""
+    while a consent route refuses a request without a token. /metrics needs no token either, only an
+    address in HOOKSTREAM_METRICS_ALLOWED_IPS, which the test client's is not."""
     settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none", redis_url="redis://127.0.0.1:1/0")
     tokens = ApiTokens.parse("probe:" + "x" * 32)
     dashboard = Dashboard(settings, tokens)
@@ -495,7 +518,7 @@ def test_the_api_probes_answer_without_a_token() -> None:
             assert client.get(API_LIVENESS).status_code == 200
             assert client.get(API_READINESS).status_code == 503
             assert client.get("/v1/consent/changes").status_code == 401
-            assert client.get("/metrics", headers={"Authorization": "Bearer " + "x" * 32}).status_code == 404
+            assert client.get("/metrics").status_code == 403
     finally:
         dashboard.close()
 
