@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 
-from api.app import create_app
 from api.auth import ENV as TOKENS_ENV
 from api.config import ApiConfig
 from api.dashboard import Dashboard
@@ -21,6 +20,10 @@ from shared.settings import Settings
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
+
+    # Here, not at the top: the API imports prometheus_client, which `hookstream worker` must set up
+    # (PROMETHEUS_MULTIPROC_DIR) before anything imports it, and every command imports this module.
+    from api.app import create_app
 
     try:
         config = ApiConfig.from_env(os.environ)

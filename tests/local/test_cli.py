@@ -5,6 +5,8 @@ no range asks for --all, as requeue and purge do."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -59,3 +61,11 @@ def test_replay_takes_the_shared_durations(monkeypatch: pytest.MonkeyPatch) -> N
     for since in ("yesterday", "today", "90m", "2h", "7d", "1w", "2025-06-01T00:00:00Z"):
         code, selection = run_replay(monkeypatch, "--since", since)
         assert code == 0 and selection is not None and selection.since is not None, since
+
+
+def test_the_command_line_does_not_import_prometheus_client_before_the_worker_sets_it_up() -> None:
+    """`hookstream worker` sets PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported: a
+    command module importing it at the top would leave the workers' /metrics empty."""
+    done = subprocess.run([sys.executable, "-c", "import sys, hookstream.cli; print('prometheus_client' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
