@@ -130,9 +130,10 @@ def test_prometheus_config_passes_promtool_and_scrapes_every_process() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     services = compose()["services"]
     ingress_port = services["ingress"]["command"][services["ingress"]["command"].index("--port") + 1]
+    api_port = services["api"]["command"][services["api"]["command"].index("--port") + 1]
     defaults = Settings()
     expected = {"ingress": int(ingress_port), "dispatch": defaults.dispatch_metrics_port,
-                "worker": defaults.worker_metrics_port}
+                "worker": defaults.worker_metrics_port, "api": int(api_port)}
     scraped: dict[str, int] = {}
     for job in load_yaml(PROMETHEUS)["scrape_configs"]:
         assert job.get("metrics_path", "/metrics") == "/metrics"
@@ -145,6 +146,18 @@ def test_prometheus_config_passes_promtool_and_scrapes_every_process() -> None:
         assert not {"HOOKSTREAM_WORKER_METRICS_PORT", "HOOKSTREAM_DISPATCH_METRICS_PORT"} & set(
             services[name].get("environment") or {}), name
     assert services["worker"]["deploy"]["replicas"] >= 2  # every replica: found by DNS, not listed by hand
+
+    # The alerting rules, where the container finds them: rule_files are relative to the config file,
+    # and a mounted folder of deploy/ holds at least one file for each pattern.
+    mounts = {volume.split(":")[1]: DEPLOY / volume.split(":")[0] for volume in services["prometheus"]["volumes"]
+              if volume.startswith("./")}
+    config_dir = Path([target for target, source in mounts.items() if source == PROMETHEUS][0]).parent
+    patterns = load_yaml(PROMETHEUS)["rule_files"]
+    assert patterns
+    for pattern in patterns:
+        inside = config_dir / pattern
+        (target,) = [t for t in mounts if inside.is_relative_to(t) and mounts[t].is_dir()]
+        assert list(mounts[target].glob(str(inside.relative_to(target)))), pattern
 
 
 def test_compose_provisions_prometheus_and_grafana() -> None:

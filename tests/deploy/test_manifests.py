@@ -1124,6 +1124,8 @@ def test_systemd_prometheus_config_scrapes_every_process_of_the_units() -> None:
     ingress = parse_command(_as_started(units["hookstream-ingress.service"]["Service"]["ExecStart"])[1])
     assert jobs["hookstream-ingress"] == [f"{ingress.host}:{ingress.port}"]
     assert jobs["hookstream-dispatch"] == [f"127.0.0.1:{Settings.from_env({}).dispatch_metrics_port}"]
+    api = parse_command(_as_started(units["hookstream-api.service"]["Service"]["ExecStart"])[1])
+    assert jobs["hookstream-api"] == [f"{api.host}:{api.port}"]
     # The instances the worker unit's header enables: systemctl enable --now hookstream-worker@{1..4}
     first, last = map(int, re.search(r"hookstream-worker@\{(\d+)\.\.(\d+)\}", (SYSTEMD / WORKER_UNIT).read_text(
         encoding="utf-8")).groups())  # type: ignore[union-attr]
