@@ -177,7 +177,7 @@ async def review_decide(request: Request) -> Response:
     review.check_event_id(event_id)
     label = token_label(request.scope)
     async with _state(request)["pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
-        made = await review.decide(conn, event_id, decision, label)
+        made = await review.decide(conn, event_id, decision, label, _state(request)["settings"].opt_out_reach)
     log.info("review decision %s on %s by %s%s", decision, event_id, label, " (repeated)" if made.repeated else "")
     return JSONResponse(made.as_json())
 

@@ -15,7 +15,7 @@ import psycopg
 
 from api.answers import ROW_SQL_COLUMNS, Row
 from shared import consent
-from shared.consent import REVIEW, Signal, archive_key
+from shared.consent import REACH_SCOPE, REVIEW, Signal, archive_key
 from shared.events import Outcome
 from shared.feed import FEED_SQL, Change, Position, iso
 
@@ -186,7 +186,7 @@ class CannotApply(ValueError):
     """The event names no subject or no scope to opt out of."""
 
 
-async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decision:
+async def decide(conn: Conn, event_id: str, decision: str, label: str, reach: str = REACH_SCOPE) -> Decision:
     """Record a person's decision; an opt_out goes through the consent rules the workers apply, audited
     with the token's label. One transaction: the decision and its change stand or fall together."""
     async with conn.transaction(), conn.cursor() as cur:
@@ -216,7 +216,7 @@ async def decide(conn: Conn, event_id: str, decision: str, label: str) -> Decisi
                             provider, source=REVIEW, stream_id=stream_id,
                             archive_key=archive_key(received_at, stream_id) if stream_id else None,
                             provider_message_id=message_id, inbound_text=body, actor=label)
-            applied = await consent.apply_async(cur, [signal], decided_by=label)
+            applied = await consent.apply_async(cur, [signal], decided_by=label, reach=reach)
             if applied:
                 change_id = applied[0]["id"]
                 await cur.execute(SET_CHANGE_SQL, (change_id, event_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from api import queries
 from api.errors import ApiError, invalid
 from api.inputs import DECISIONS
+from shared.consent import REACH_SCOPE
 
 MAX_EVENT_ID_CHARS = 512
 
@@ -25,11 +26,12 @@ def check_decision(decision: str) -> None:
         raise invalid(f"decision must be one of {', '.join(DECISIONS)}")
 
 
-async def decide(conn: queries.Conn, event_id: str, decision: str, label: str) -> queries.Decision:
+async def decide(conn: queries.Conn, event_id: str, decision: str, label: str,
+                 reach: str = REACH_SCOPE) -> queries.Decision:
     """`queries.decide`, its refusals as ApiError: 404 not in the queue, 409 decided already, 422
     nothing the decision could apply to."""
     try:
-        return await queries.decide(conn, event_id, decision, label)
+        return await queries.decide(conn, event_id, decision, label, reach)
     except queries.NotInQueue:
         raise ApiError(404, "not_found", "no possible_opt_out event has this id") from None
     except queries.Conflict as exc:

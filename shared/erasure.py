@@ -124,6 +124,7 @@ def erase_streams(redis: Redis, target: Target, *, stream: str, group: str, othe
         redis.hset(stream_key(prefix), mapping={sid: target.as_json() for sid in sorted(waiting)})
     if done:
         redis.xdel(stream, *done)
+        redis.hdel(stream_key(prefix), *done)  # marked by an earlier request whose worker could not finish
     other = 0
     for name in others:
         found = _matching(redis, name, needles) if redis.exists(name) else []
@@ -143,7 +144,8 @@ def erase_committed(redis: Redis, connect: Callable[[], AbstractContextManager[p
                     stream: str, prefix: str, ids: Sequence[str]) -> int:
     """After a batch committed: erase the people whose erasure waited for these entries (their rows
     are now in Postgres), then the entries. Returns how many entries were erased. One HMGET when
-    nothing waits, which is nearly always."""
+    nothing waits, which is nearly always. If Postgres fails here the marks stay, and the same
+    DELETE request again (idempotent) finishes the erasure."""
     if not ids:
         return 0
     key = stream_key(prefix)

@@ -132,7 +132,7 @@ class Dashboard:
         if signer is None and not secret:
             log.info("dashboard: %s is not set; sessions are signed with a key of this process only", SECRET_ENV)
         self.cache = TTLCache(CACHE_TTL_S if cache_ttl_s is None else cache_ttl_s)
-        self.decide = decide or api_decider(settings.database_url_or_default())
+        self.decide = decide or api_decider(settings.database_url_or_default(), settings.opt_out_reach)
         self.pool_size = pool_size
         self.refresh_s = refresh_s
         self.pool_timeout_s = pool_timeout_s

@@ -14,6 +14,7 @@ from typing import Any
 
 from api import review
 from shared import connections
+from shared.consent import REACH_SCOPE
 
 Decider = Callable[[str, str, str, Any], Awaitable[dict[str, Any]]]
 
@@ -24,7 +25,7 @@ def check_input(event_id: str, decision: str) -> None:
     review.check_event_id(event_id)
 
 
-def api_decider(database_url: str) -> Decider:
+def api_decider(database_url: str, reach: str = REACH_SCOPE) -> Decider:
     """Decide through `api.review.decide` on the API's pool when mounted in the API app (`pool` from
     its lifespan state), otherwise on a connection of its own."""
 
@@ -32,10 +33,10 @@ def api_decider(database_url: str) -> Decider:
         check_input(event_id, decision)
         if pool is not None:
             async with pool.connection(timeout=5.0) as conn:
-                made = await review.decide(conn, event_id, decision, label)
+                made = await review.decide(conn, event_id, decision, label, reach)
         else:
             async with await connections.connect_async(database_url, connections.Role.API) as conn:
-                made = await review.decide(conn, event_id, decision, label)
+                made = await review.decide(conn, event_id, decision, label, reach)
         return made.as_json()
 
     return decide
