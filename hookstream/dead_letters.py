@@ -2,14 +2,16 @@
 
 Shared filters: `list <filters>` shows what requeue/purge would touch (requeued rows are handled: hidden
 unless --include-requeued). requeue appends each raw record as a NEW stream entry, receive time kept, so the
-pipeline runs again; a row gets `requeued_at` only once Redis took its XADD, in the transaction holding its
-lock (SKIP LOCKED). Rows without provider/feed are skipped. purge: nothing without --yes, nor without --all.
+pipeline runs again (with several shards, each batch of rows goes to the next shard in turn); a row gets
+`requeued_at` only once Redis took its XADD, in the transaction holding its lock (SKIP LOCKED). Rows without
+provider/feed are skipped. purge: nothing without --yes, nor without --all.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,10 +84,15 @@ def format_show(row: Row) -> str:
     return "\n".join(lines)
 
 
-def requeue(conn: Conn, redis: Redis, stream: str, args: argparse.Namespace) -> Counter[str]:
-    """Batches of rows, each: lock → XADD in one pipeline → mark those Redis took → commit."""
+def requeue(conn: Conn, redis: Redis, stream: str | Sequence[str], args: argparse.Namespace) -> Counter[str]:
+    """Batches of rows, each: lock → XADD in one pipeline to one stream (the shards in turn) → mark
+    those Redis took → commit."""
     (clause, params), counts, last = where(args), Counter(requeued=0, skipped=0, failed=0), 0
+    streams = [stream] if isinstance(stream, str) else list(stream)
+    turn = 0
     while True:
+        target = streams[turn % len(streams)]
+        turn += 1
         with conn.transaction():
             rows = conn.execute(f"SELECT * FROM dead_letters WHERE {clause} AND id > %s ORDER BY id LIMIT %s"
                                 " FOR UPDATE SKIP LOCKED", [*params, last, BATCH]).fetchall()
@@ -98,7 +105,7 @@ def requeue(conn: Conn, redis: Redis, stream: str, args: argparse.Namespace) -> 
             if todo and not args.dry_run:
                 pipe = redis.pipeline(transaction=False)
                 for _, rec in todo:
-                    pipe.xadd(stream, rec.to_fields())
+                    pipe.xadd(target, rec.to_fields())
                 try:
                     results = pipe.execute(raise_on_error=False)
                 except RedisError as exc:  # nothing is known to be in the stream: mark nothing
@@ -129,7 +136,7 @@ def cmd_show(settings: Settings, conn: Conn, args: argparse.Namespace) -> int:
 
 def cmd_requeue(settings: Settings, conn: Conn, args: argparse.Namespace) -> int:
     with connections.cli_redis(settings) as redis:
-        counts = requeue(conn, redis, settings.stream, args)
+        counts = requeue(conn, redis, [shard.stream for shard in connections.stream_shards(settings, redis)], args)
     unmatched = bool(args.ids) and sum(counts.values()) < len(set(args.ids))
     print(f"{'would requeue' if args.dry_run else 'requeued'} {counts['requeued']}, skipped {counts['skipped']},"
           f" failed {counts['failed']}" + "; some IDs did not match (missing, filtered out, requeued)" * unmatched)

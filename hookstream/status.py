@@ -8,8 +8,9 @@ half that still answers, never a traceback.
 
 `--json` keys — always all present; a value is null when its source could not be read:
 
-    stream                 name of the raw stream
-    stream_length          XLEN; 0 when the stream does not exist yet
+    stream                 name of the raw stream (with several shards: their names, comma-separated)
+    stream_length          XLEN; 0 when the stream does not exist yet (the figures down to
+                           pending_oldest_idle_s are the shards' totals: sums, or the oldest age)
     stream_oldest_age_s    seconds since the oldest entry still in the stream was appended; null if empty
     group                  name of the consumer group
     group_exists           whether the group exists (the dispatcher creates it at id 0)
@@ -26,6 +27,10 @@ half that still answers, never a traceback.
     events_per_minute      {provider: events per minute over the last window_s, by events.received_at}
     window_s               300
     errors                 ["redis: …", "postgres: …"]; empty when everything was read
+    shards                 one object per shard of the raw stream (one without sharding): shard (its
+                           index, the metrics' `shard` label), stream, stream_length,
+                           stream_oldest_age_s, group_exists, lag, pending, pending_oldest_age_s,
+                           pending_oldest_idle_s, as above; null when Redis could not be read
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 from typing import Any
 
 import psycopg
+from redis.exceptions import RedisClusterException, RedisError
 
 from shared import connections, reports
 from shared.settings import Settings
@@ -42,7 +48,12 @@ from shared.settings import Settings
 
 def collect(settings: Settings) -> dict[str, Any]:
     """The report (`shared.reports.status`) on connections of this command's own."""
-    redis = connections.cli_redis(settings)
+    try:
+        redis = connections.cli_redis(settings)
+    except (RedisError, RedisClusterException) as exc:  # a cluster's client reads its map when made
+        report = reports.empty_report(settings)
+        report["errors"].append(f"redis: {reports.first_line(exc)}")
+        return report
     queue_redis = connections.queue_client(settings, connections.Role.CLI, redis)
     try:
         try:
@@ -86,6 +97,11 @@ def format_table(report: dict[str, Any]) -> str:
          ("0" if not report["events_per_minute"] else "")),
     ]
     lines += [(f"  {p}", str(v)) for p, v in (report["events_per_minute"] or {}).items()]
+    shards = report.get("shards") or []
+    if len(shards) > 1:
+        lines.append(("shards (length / lag / pending)", ""))
+        lines += [(f"  {shard['shard']}: {shard['stream']}",
+                   f"{_n(shard['stream_length'])} / {_n(shard['lag'])} / {_n(shard['pending'])}") for shard in shards]
     width = max(len(label) for label, _ in lines) + 2
     errors = ["errors", *(f"  {e}" for e in report["errors"])] if report["errors"] else []
     return "\n".join([f"{label.ljust(width)}{value}".rstrip() for label, value in lines] + errors)

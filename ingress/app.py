@@ -57,12 +57,31 @@ def _internal_only(handler: Handler) -> Handler:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready while Redis answers; on a cluster, while one of its primaries does (the appender sends a
+    batch to another shard when one primary is down, so the ingress still takes requests)."""
     redis: Redis = request.scope["state"]["redis"]
+    settings: Settings = request.scope["state"]["settings"]
     try:
-        await asyncio.wait_for(redis.ping(), 1.0)
+        async with asyncio.timeout(1.0):
+            if settings.redis_cluster:
+                await _any_primary_answers(redis)
+            else:
+                await redis.ping()
     except Exception:
         return PlainTextResponse("redis unreachable", status_code=503)
     return PlainTextResponse("ready")
+
+
+async def _any_primary_answers(cluster: Redis) -> None:
+    await cluster.initialize()
+    last: Exception = ConnectionError("no primary known")
+    for node in cluster.get_primaries():
+        try:
+            await cluster.ping(target_nodes=node)
+            return
+        except Exception as exc:
+            last = exc
+    raise last
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -97,13 +116,14 @@ def create_app(settings: Settings, *, redis: Redis | None = None, resolver: Reso
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         client = redis or connections.ingress_redis(settings)  # no client retries: see shared/connections.py
+        shards = await connections.stream_shards_async(settings, client)
         dns = DnsAllowList(settings.gatewayapi_fallback_ips, resolver or resolve_gatewayapi,
                            settings.gatewayapi_dns_refresh_s)
         dns_task = asyncio.create_task(dns.run()) if settings.allowed_ips.get("gatewayapi") is None else None
         log_start_notes(settings)
         metrics = IngressMetrics()
-        appender = Appender(client, settings.stream, on_batch=metrics.append_batch_size.observe,
-                            replicas=settings.append_replicas,
+        appender = Appender(client, [shard.stream for shard in shards], cluster=settings.redis_cluster,
+                            on_batch=metrics.append_batch_size.observe, replicas=settings.append_replicas,
                             replica_timeout_ms=settings.append_replica_timeout_ms,
                             on_replicas=metrics.append_replicas_acked.observe)
         state = State(settings=settings, redis=client, appender=appender, sources=SourcePolicy(settings, dns),

@@ -16,8 +16,13 @@ db number, the username and the password (and TLS: `rediss://`); its host and po
 TCP keepalive is on everywhere, so a server whose host vanished (no reset ever comes) is noticed
 within KEEPALIVE's ~25 s even by a connection that waits on a blocking read.
 
+With HOOKSTREAM_REDIS_CLUSTER=1 the streams' clients (every role but the queue's) are redis-py's
+RedisCluster on the nodes the URL names, with the same table's timeouts; they follow the cluster's
+map of slots, so a failover is followed too. RQ cannot run on a cluster: its client is always a
+plain Redis (HOOKSTREAM_QUEUE_REDIS_URL), found through the Sentinels when they are set.
+
 Postgres factories take the URL (all Postgres needs); Redis factories take the settings (the URL,
-the Sentinels, the service name).
+the Sentinels, the service name, the cluster's nodes).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any
 import psycopg
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -47,6 +54,7 @@ from rq.defaults import DEFAULT_WORKER_TTL
 
 from shared.errors import ConfigError
 from shared.settings import Settings
+from shared.shards import Shard, layout
 
 
 class Role(StrEnum):
@@ -104,15 +112,17 @@ _SOCKET_KEEPALIVE = {getattr(socket, name): KEEPALIVE[key]
 
 
 def ingress_redis(settings: Settings) -> redis.asyncio.Redis:
+    if settings.redis_cluster:
+        return _async_cluster(settings, Role.INGRESS)
     return _async_redis(settings, Role.INGRESS)
 
 
 def dispatcher_redis(settings: Settings) -> redis.Redis:
-    return _redis(settings, Role.DISPATCHER, settings.redis_url_or_default())
+    return _stream_redis(settings, Role.DISPATCHER)
 
 
 def worker_redis(settings: Settings) -> redis.Redis:
-    return _redis(settings, Role.WORKER, settings.redis_url_or_default())
+    return _stream_redis(settings, Role.WORKER)
 
 
 def queue_redis(settings: Settings, role: Role = Role.QUEUE) -> redis.Redis:
@@ -133,11 +143,36 @@ def queue_client(settings: Settings, role: Role, stream_client: redis.Redis) -> 
 
 
 def cli_redis(settings: Settings) -> redis.Redis:
-    return _redis(settings, Role.CLI, settings.redis_url_or_default())
+    return _stream_redis(settings, Role.CLI)
 
 
 def dashboard_redis(settings: Settings) -> redis.Redis:
-    return _redis(settings, Role.DASHBOARD, settings.redis_url_or_default())
+    return _stream_redis(settings, Role.DASHBOARD)
+
+
+# -- the stream's shards ----------------------------------------------------------------------------
+
+
+def shard_count(settings: Settings, client: Any) -> int:
+    """HOOKSTREAM_STREAM_SHARDS; unset: 1, or on a cluster the primaries that serve slots now
+    (`client` is then a connected RedisCluster, sync or async, whose map is read)."""
+    if settings.stream_shards is not None:
+        return settings.stream_shards
+    if not settings.redis_cluster:
+        return 1
+    return max(1, len(client.get_primaries()))
+
+
+def stream_shards(settings: Settings, client: Any) -> tuple[Shard, ...]:
+    """The shards every process of this deployment reads and writes (shared/shards.py)."""
+    return layout(settings.key_prefix, shard_count(settings, client))
+
+
+async def stream_shards_async(settings: Settings, client: Any) -> tuple[Shard, ...]:
+    """`stream_shards` for an async client: a cluster's map is read first when the count needs it."""
+    if settings.redis_cluster and settings.stream_shards is None:
+        await client.initialize()
+    return stream_shards(settings, client)
 
 
 def redis_options(role: Role) -> dict[str, Any]:
@@ -245,6 +280,37 @@ class _AsyncSentinelRedis(redis.asyncio.Redis):  # type: ignore[misc]
         manager = getattr(self.connection_pool, "sentinel_manager", None)
         if manager is not None:
             await manager.aclose()
+
+
+def _stream_redis(settings: Settings, role: Role) -> redis.Redis:
+    if settings.redis_cluster:
+        return _cluster(settings, role)
+    return _redis(settings, role, settings.redis_url_or_default())
+
+
+def cluster_options(settings: Settings) -> dict[str, Any]:
+    """What the first node's URL says for every node: username, password, TLS (db is 0 on a cluster)."""
+    options = primary_options(settings.redis_url_or_default())
+    options.pop("db", None)
+    return options
+
+
+def _cluster(settings: Settings, role: Role) -> redis.Redis:
+    """A RedisCluster of the role's row. Its retries, with the row's backoff, also cover the cluster's
+    own errors (a moved slot, a failover in progress), after which it reads the map again."""
+    retries = TIMEOUTS[role].redis_retries
+    nodes = [redis.cluster.ClusterNode(host, port) for host, port in settings.redis_cluster_nodes]
+    return redis.cluster.RedisCluster(startup_nodes=nodes, retry=Retry(BACKOFF if retries else NoBackoff(), retries),
+                                      **redis_options(role), **cluster_options(settings))
+
+
+def _async_cluster(settings: Settings, role: Role) -> redis.asyncio.Redis:
+    """Not connected until first used (or `initialize`d): the ingress starts listening without it."""
+    retries = TIMEOUTS[role].redis_retries
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in settings.redis_cluster_nodes]
+    return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes,
+                                              retry=AsyncRetry(BACKOFF if retries else NoBackoff(), retries),
+                                              **redis_options(role), **cluster_options(settings))
 
 
 def _redis(settings: Settings, role: Role, url: str) -> redis.Redis:

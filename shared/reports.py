@@ -15,11 +15,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry
 
+from shared import connections
 from shared.settings import Settings
+from shared.shards import Shard
 from shared.streamids import id_to_tuple
 
 Row = dict[str, Any]
@@ -38,7 +40,12 @@ def first_line(exc: BaseException) -> str:
 WINDOW_S = 300
 KEYS = ("stream", "stream_length", "stream_oldest_age_s", "group", "group_exists", "lag", "pending",
         "pending_oldest_age_s", "pending_oldest_idle_s", "queue", "queue_depth", "replay_queue",
-        "replay_queue_depth", "workers", "failed_jobs", "dead_letters", "events_per_minute", "window_s", "errors")
+        "replay_queue_depth", "workers", "failed_jobs", "dead_letters", "events_per_minute", "window_s", "errors",
+        "shards")
+# Each of `shards`: the stream figures of one shard; the report's own are their totals (sums, or the
+# oldest of the ages).
+SHARD_KEYS = ("shard", "stream", "stream_length", "stream_oldest_age_s", "group_exists", "lag", "pending",
+              "pending_oldest_age_s", "pending_oldest_idle_s")
 
 
 def empty_report(settings: Settings) -> dict[str, Any]:
@@ -54,24 +61,52 @@ def id_age_s(stream_id: bytes | str, now_ms: int) -> float:
     return round(max(0, now_ms - ms) / 1000, 1)
 
 
-def read_redis(redis: Redis, settings: Settings, report: dict[str, Any], queue_redis: Redis | None = None) -> None:
-    """The stream's figures from `redis`, RQ's from `queue_redis` (by default the same client)."""
+def read_redis(redis: Redis, settings: Settings, report: dict[str, Any], queue_redis: Redis | None = None,
+               shards: Sequence[Shard] | None = None) -> None:
+    """The streams' figures from `redis`, shard by shard and in total; RQ's from `queue_redis` (by
+    default the same client). `shards`: by default as connections.stream_shards finds them."""
     seconds, micros = redis.time()
     now_ms = seconds * 1000 + micros // 1000
-    length = int(redis.xlen(settings.stream))
-    first = redis.xrange(settings.stream, count=1) if length else []
-    groups = redis.xinfo_groups(settings.stream) if redis.exists(settings.stream) else []
-    group = next((g for g in groups if g["name"].decode() == settings.group), None)
-    report.update(stream_length=length, stream_oldest_age_s=id_age_s(first[0][0], now_ms) if first else None,
-                  group_exists=group is not None, lag=length, pending=0)
-    if group is not None:
-        report.update(lag=group.get("lag"), pending=int(group["pending"]))
-    if report["pending"]:
-        oldest = redis.xpending_range(settings.stream, settings.group, min="-", max="+", count=1)
-        if oldest:
-            report["pending_oldest_age_s"] = id_age_s(oldest[0]["message_id"], now_ms)
-            report["pending_oldest_idle_s"] = round(oldest[0]["time_since_delivered"] / 1000, 1)
+    shards = shards if shards is not None else connections.stream_shards(settings, redis)
+    per_shard = [read_shard(redis, settings, shard, now_ms) for shard in shards]
+    report["shards"] = per_shard
+    report.update(totals(per_shard))
+    if len(per_shard) > 1:
+        report["stream"] = ", ".join(figures["stream"] for figures in per_shard)
     read_queues(redis if queue_redis is None else queue_redis, settings, report)
+
+
+def read_shard(redis: Redis, settings: Settings, shard: Shard, now_ms: int) -> dict[str, Any]:
+    figures: dict[str, Any] = dict.fromkeys(SHARD_KEYS)
+    length = int(redis.xlen(shard.stream))
+    first = redis.xrange(shard.stream, count=1) if length else []
+    groups = redis.xinfo_groups(shard.stream) if redis.exists(shard.stream) else []
+    group = next((g for g in groups if g["name"].decode() == settings.group), None)
+    figures.update(shard=shard.index, stream=shard.stream, stream_length=length,
+                   stream_oldest_age_s=id_age_s(first[0][0], now_ms) if first else None,
+                   group_exists=group is not None, lag=length, pending=0)
+    if group is not None:
+        figures.update(lag=group.get("lag"), pending=int(group["pending"]))
+    if figures["pending"]:
+        oldest = redis.xpending_range(shard.stream, settings.group, min="-", max="+", count=1)
+        if oldest:
+            figures["pending_oldest_age_s"] = id_age_s(oldest[0]["message_id"], now_ms)
+            figures["pending_oldest_idle_s"] = round(oldest[0]["time_since_delivered"] / 1000, 1)
+    return figures
+
+
+def totals(per_shard: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' figures as one: counts summed (None if one shard's is unknown), the oldest age."""
+    def total(key: str) -> int | None:
+        values = [figures[key] for figures in per_shard]
+        return None if any(v is None for v in values) else sum(values)
+
+    def oldest(key: str) -> float | None:
+        return max((figures[key] for figures in per_shard if figures[key] is not None), default=None)
+
+    return {"stream_length": total("stream_length"), "lag": total("lag"), "pending": total("pending"),
+            "group_exists": all(figures["group_exists"] for figures in per_shard),
+            **{key: oldest(key) for key in ("stream_oldest_age_s", "pending_oldest_age_s", "pending_oldest_idle_s")}}
 
 
 def read_queues(redis: Redis, settings: Settings, report: dict[str, Any]) -> None:
@@ -92,14 +127,14 @@ def read_postgres(conn: Conn, report: dict[str, Any]) -> None:
 
 
 def status(settings: Settings, redis: Redis, conn: Conn | None, pg_error: str | None = None, *,
-           queue_redis: Redis | None = None) -> dict[str, Any]:
+           queue_redis: Redis | None = None, shards: Sequence[Shard] | None = None) -> dict[str, Any]:
     """The status report, each source on its own: one being down never hides the other, its failure
     is a line in `errors`. `conn` None: Postgres could not be reached (`pg_error` says why).
     `queue_redis`: where RQ's queues live, when not on the stream's Redis."""
     report = empty_report(settings)
     try:
-        read_redis(redis, settings, report, queue_redis)
-    except RedisError as exc:
+        read_redis(redis, settings, report, queue_redis, shards)
+    except (RedisError, RedisClusterException) as exc:
         report["errors"].append(f"redis: {first_line(exc)}")
     if conn is None:
         report["errors"].append(f"postgres: {pg_error or 'unavailable'}")

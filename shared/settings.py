@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError, ParseError
 from shared.times import parse_duration
@@ -172,6 +173,51 @@ def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None
     return _int(env, name, 0, minimum) if env.get(name, "").strip() else None
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{name}={raw[:20]!r}: use 1 or 0")
+    return raw in ("1", "true", "yes")
+
+
+def _redis_url(env: Mapping[str, str], cluster: bool) -> str | None:
+    """HOOKSTREAM_REDIS_URL, or with a cluster the first of its nodes (its username, password, TLS)."""
+    raw = env.get("HOOKSTREAM_REDIS_URL", "").strip()
+    if "," in raw and not cluster:
+        raise ConfigError("HOOKSTREAM_REDIS_URL names several servers: that is a Redis Cluster's nodes,"
+                          " which needs HOOKSTREAM_REDIS_CLUSTER=1")
+    return raw.split(",")[0].strip() or None
+
+
+def _cluster_nodes(env: Mapping[str, str], cluster: bool) -> tuple[tuple[str, int], ...]:
+    """With HOOKSTREAM_REDIS_CLUSTER=1: the nodes HOOKSTREAM_REDIS_URL names, comma-separated, each
+    `redis://host:port` or (after the first) `host:port`. The first URL's username, password and TLS
+    apply to all; its db must be 0 (a cluster has no other)."""
+    if not cluster:
+        return ()
+    name = "HOOKSTREAM_REDIS_URL"
+    items = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"HOOKSTREAM_REDIS_CLUSTER=1: {name} must name at least one node of the cluster")
+    nodes: list[tuple[str, int]] = []
+    for number, item in enumerate(items):
+        if "://" not in item and number == 0:
+            raise ConfigError(f"{name}: the first node must be a URL (redis://[user:password@]host:port/0)")
+        parsed = urlsplit(item if "://" in item else f"redis://{item}")
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ConfigError(f"{name}: {parsed.scheme!r} cannot name a Redis Cluster node (redis:// or rediss://)")
+        if number == 0 and parsed.path.strip("/") not in ("", "0"):
+            raise ConfigError(f"{name}: a Redis Cluster has only db 0, not {parsed.path.strip('/')!r}")
+        try:
+            port = parsed.port or 6379
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} has no valid port") from None
+        if not parsed.hostname:
+            raise ConfigError(f"{name}: {item!r} names no host")
+        nodes.append((parsed.hostname, port))
+    return tuple(nodes)
+
+
 def _queue_redis_url(env: Mapping[str, str]) -> str | None:
     """Where RQ's queues, jobs and the entry → job map live; None: on the stream's Redis.
 
@@ -192,6 +238,12 @@ class Settings:
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_sentinel_service: str = "hookstream"
     queue_redis_url: str | None = field(default=None, repr=False)  # RQ's queues; None: the stream's Redis
+    # Redis Cluster: the streams live on it (sharded), RQ's queues on queue_redis_url (required), which
+    # the Sentinels, when set, manage instead. The URL then gives the username, password and TLS.
+    redis_cluster: bool = False
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
+    # The raw stream's shards (shared/shards.py); None: 1, or with a cluster its primaries at start-up.
+    stream_shards: int | None = None
     trusted_proxies: NetList = field(default_factory=NetList)
     allowed_ips: Mapping[str, NetList | None] = field(default_factory=dict)  # None: the provider's default
     tokens: Mapping[str, Secret | None] = field(default_factory=dict)
@@ -247,7 +299,10 @@ class Settings:
             tokens[provider] = _secret(env, f"HOOKSTREAM_{provider.upper()}_TOKEN")
         keywords = env.get("HOOKSTREAM_GATEWAYAPI_KEYWORDS", "")
         return cls(
-            redis_url=env.get("HOOKSTREAM_REDIS_URL") or None,
+            redis_url=_redis_url(env, _flag(env, "HOOKSTREAM_REDIS_CLUSTER")),
+            redis_cluster=_flag(env, "HOOKSTREAM_REDIS_CLUSTER"),
+            redis_cluster_nodes=_cluster_nodes(env, _flag(env, "HOOKSTREAM_REDIS_CLUSTER")),
+            stream_shards=_optional_int(env, "HOOKSTREAM_STREAM_SHARDS", minimum=1),
             database_url=env.get("HOOKSTREAM_DATABASE_URL") or None,
             database_read_url=env.get("HOOKSTREAM_DATABASE_READ_URL", "").strip() or None,
             redis_sentinels=_sentinels(env, "HOOKSTREAM_REDIS_SENTINELS"),
@@ -298,8 +353,22 @@ class Settings:
             data_dir=env.get("HOOKSTREAM_DATA_DIR", "").strip() or ".data",
         )
 
+    def __post_init__(self) -> None:
+        """The combinations of Redis settings that cannot work, refused at start-up."""
+        if not self.redis_cluster:
+            return
+        if self.queue_redis_url is None:
+            raise ConfigError("HOOKSTREAM_REDIS_CLUSTER=1 needs HOOKSTREAM_QUEUE_REDIS_URL: RQ cannot run on a"
+                              " cluster, so its queues need a plain Redis (or, with HOOKSTREAM_REDIS_SENTINELS,"
+                              " the Sentinels' primary)")
+        if "," in self.queue_redis_url:
+            raise ConfigError("HOOKSTREAM_QUEUE_REDIS_URL names one Redis, not a cluster's nodes")
+        if self.redis_url is None:
+            raise ConfigError("HOOKSTREAM_REDIS_CLUSTER=1 needs HOOKSTREAM_REDIS_URL: the cluster's nodes")
+
     @property
     def stream(self) -> str:
+        """The raw stream of a single-stream deployment (one shard): shard 0 of shared.shards.layout(prefix, 1)."""
         return f"{self.key_prefix}:raw"
 
     @property

@@ -24,6 +24,7 @@ from shared.consent import REACH_SCOPE
 from shared.errors import DatabaseUnavailable
 from shared.record import RawRecord
 from shared.settings import Settings
+from shared.shards import Shard
 from shared.streamids import id_to_tuple
 from workers import consent
 from workers.context import WorkerContext
@@ -180,31 +181,32 @@ def observe(metrics: WorkerMetrics, mode: str, entries: list[Entry], result: Wri
         metrics.consent_changes.labels(mode, change["outcome"]).inc()
 
 
-def ack(redis: Redis, queue_redis: Redis, settings: Settings, ids: list[str]) -> None:
-    """XACK on the stream, then the entries' rows of the entry → job map on the queue Redis.
+def ack(redis: Redis, queue_redis: Redis, settings: Settings, shard: Shard, ids: list[str]) -> None:
+    """XACK on the shard's stream, then the entries' rows of its entry → job map on the queue Redis.
 
     The acknowledgement is the one that matters, so it comes first and its failure fails the job
     (the entries stay pending and are reclaimed; their events are keyed, so writing them again
     changes nothing). The map's rows only point at the job: one left behind by a queue Redis that
     failed in between is never read (its entry is no longer pending), so that failure is logged,
     not raised."""
-    redis.xack(settings.stream, settings.group, *ids)
+    redis.xack(shard.stream, settings.group, *ids)
     try:
-        queue_redis.hdel(settings.inflight_key, *ids)
+        queue_redis.hdel(shard.inflight_key, *ids)
     except RedisError as exc:
         log.warning("acknowledged %d entries, but the queue Redis kept their job rows (%s)", len(ids),
                     type(exc).__name__)
 
 
-def run_batch(ctx: WorkerContext, ids: list[str], *, dead_reason: str | None = None) -> dict[str, Any]:
-    """Process stream entries `ids` and acknowledge them; with `dead_reason`, dead-letter them all."""
+def run_batch(ctx: WorkerContext, ids: list[str], *, shard: int = 0, dead_reason: str | None = None) -> dict[str, Any]:
+    """Process entries `ids` of shard `shard` and acknowledge them; with `dead_reason`, dead-letter them all."""
     started = time.perf_counter()
-    entries = normalize_batch(read_entries(ctx.redis, ctx.settings.stream, ids), ctx.normalize, dead_reason)
+    stream = ctx.shard(shard)
+    entries = normalize_batch(read_entries(ctx.redis, stream.stream, ids), ctx.normalize, dead_reason)
     result = write_with_retry(ctx.pool, entries, ctx.settings.job_timeout_s * 0.8, reach=ctx.settings.opt_out_reach)
     park(ctx.redis, ctx.settings, result.parked)
     observe(ctx.metrics, "live", entries, result, time.perf_counter() - started)
-    ack(ctx.redis, ctx.queue_redis, ctx.settings, ids)
-    erasure.erase_committed(ctx.redis, ctx.pool.connection, ctx.settings.stream, ctx.settings.key_prefix, ids)
+    ack(ctx.redis, ctx.queue_redis, ctx.settings, stream, ids)
+    erasure.erase_committed(ctx.redis, ctx.pool.connection, stream.stream, ctx.settings.key_prefix, ids)
     return result.summary(entries=len(entries), missing=len(ids) - len(entries),
                           seconds=round(time.perf_counter() - started, 4))
 

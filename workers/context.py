@@ -18,6 +18,7 @@ from shared import connections
 from shared.keywords import KeywordPolicy
 from shared.providers import ParseContext
 from shared.settings import Settings
+from shared.shards import Shard
 from workers.metrics import WorkerMetrics
 from workers.normalize import NormalizeContext
 
@@ -30,6 +31,7 @@ class WorkerContext:
     normalize: NormalizeContext
     metrics: WorkerMetrics
     queue_redis: Redis  # RQ's: the entry → job map, the replay queue; `redis` when they share a server
+    shards: tuple[Shard, ...]  # the raw stream's; a job names its shard by index
 
     @classmethod
     def open(cls, settings: Settings, registry: CollectorRegistry | None = None) -> WorkerContext:
@@ -42,7 +44,14 @@ class WorkerContext:
             normalize=normalize_context(settings),
             metrics=WorkerMetrics(registry),
             queue_redis=connections.queue_client(settings, connections.Role.WORKER, redis),
+            shards=connections.stream_shards(settings, redis),
         )
+
+    def shard(self, index: int) -> Shard:
+        if not 0 <= index < len(self.shards):
+            raise ValueError(f"a job of shard {index}, but this worker knows {len(self.shards)} shard(s):"
+                             " is HOOKSTREAM_STREAM_SHARDS the same for every process?")
+        return self.shards[index]
 
     def close(self) -> None:
         self.pool.close()

@@ -7,6 +7,11 @@ they become dead letters (`plan_reclaim` decides, from data the I/O around it ga
 Several dispatchers may run: consumer names are unique, and a claim is atomic, so no entry is
 handed out twice at once. The chores between reads (trimming, the consent feed, the archive)
 are workers.upkeep's.
+
+With several shards (shared/shards.py) each is a stream with a consumer group of its own; a
+dispatcher reads them in turn, one batch at a time (XREADGROUP cannot read two slots of a cluster
+at once), and every job names its shard, whose stream its worker reads and acknowledges. Reclaim,
+dead letters and trimming go shard by shard.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ from enum import Enum
 
 from prometheus_client import CollectorRegistry
 from redis import Redis
+from redis.exceptions import AskError, ClusterError, ReadOnlyError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from shared import connections
 from shared.settings import Settings
+from shared.shards import Shard
 from workers.jobs import failed_for_outage
 from workers.metrics import DispatchMetrics
 from workers.upkeep import Upkeep
@@ -44,16 +51,24 @@ RECLAIM_SCAN = 1000
 # A started job older than its timeout plus this cannot still be running: SimpleWorker's death
 # penalty stops it at the timeout, so its worker died (SIGKILL, OOM, lost host).
 STARTED_GRACE_S = 5
+# A Redis that is away, or a cluster whose slot is failing over (after the client's own retries):
+# waited out, never a crash.
+REDIS_OUTAGE = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException, TryAgainError, AskError,
+                ReadOnlyError)
+# With several shards, how long one read waits on one shard before the next is read: an entry on
+# another shard waits at most this long (times the shards) when everything is quiet.
+SHARD_BLOCK_MS = 100
 
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def batch_job_id(ids: list[str], attempt: int = 1) -> str:
-    """Deterministic per batch (and per delivery, so a retry is a new job, not a clash)."""
+def batch_job_id(ids: list[str], attempt: int = 1, shard: int = 0) -> str:
+    """Deterministic per batch (and per delivery, so a retry is a new job, not a clash), and per
+    shard: two shards' streams may hold the same ids."""
     digest = hashlib.sha1(",".join(ids).encode()).hexdigest()[:20]
-    return f"batch-{ids[0]}-{digest}-{attempt}"
+    return f"batch-{shard}-{ids[0]}-{digest}-{attempt}"
 
 
 def make_queue(name: str, redis: Redis) -> Queue:
@@ -142,29 +157,34 @@ def job_state(job: Job | None, *, now: float, run_limit_s: float, taken: set[str
 
 class Dispatcher:
     """`redis`: the stream's client (reads, claims, trimming); `queue_redis`: RQ's (jobs, their
-    states, the entry → job map, the in-flight count), by default the same client."""
+    states, the entry → job map, the in-flight count), by default the same client. `shards`: by
+    default as connections.stream_shards finds them."""
 
     def __init__(self, settings: Settings, redis: Redis, *, queue_redis: Redis | None = None,
-                 name: str | None = None, metrics: DispatchMetrics | None = None) -> None:
+                 shards: tuple[Shard, ...] | None = None, name: str | None = None,
+                 metrics: DispatchMetrics | None = None) -> None:
         self.settings = settings
         self.redis = redis
+        self.shards = shards if shards is not None else connections.stream_shards(settings, redis)
+        self._turn = 0
         self.queue_redis = queue_redis if queue_redis is not None else redis
         self.metrics = metrics or DispatchMetrics(CollectorRegistry())
         self.name = name or consumer_name()
         self.queue = make_queue(settings.queue, self.queue_redis)
         self._outage_since: float | None = None
-        self._unsent: list[str] = []  # read, not yet enqueued (see `step`)
+        self._unsent: tuple[Shard, list[str]] | None = None  # read, not yet enqueued (see `step`)
 
     # -- group -------------------------------------------------------------------------------
 
     def ensure_group(self) -> None:
-        """Create the group at id 0 (never `$`, which would skip what is already there)."""
-        try:
-            self.redis.xgroup_create(self.settings.stream, self.settings.group, id="0", mkstream=True)
-            log.info("created consumer group %s", self.settings.group)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create each shard's group at id 0 (never `$`, which would skip what is already there)."""
+        for shard in self.shards:
+            try:
+                self.redis.xgroup_create(shard.stream, self.settings.group, id="0", mkstream=True)
+                log.info("created consumer group %s on %s", self.settings.group, shard.stream)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     # -- reading and enqueueing --------------------------------------------------------------
 
@@ -180,14 +200,16 @@ class Dispatcher:
         pipe.zcount(self.queue.started_job_registry.key, time.time(), "+inf")
         return sum(pipe.execute())
 
-    def read_batch(self, first_block_ms: int = 1000) -> list[str]:
-        """Up to batch_size new ids: waits for the first, then at most batch_wait_ms for more."""
+    def read_batch(self, first_block_ms: int = 1000, shard: Shard | None = None) -> list[str]:
+        """Up to batch_size new ids of `shard` (default: the first): waits for the first, then at
+        most batch_wait_ms for more."""
         s = self.settings
+        stream = (shard or self.shards[0]).stream
         ids: list[str] = []
         deadline: float | None = None
         block = first_block_ms
         while len(ids) < s.batch_size:
-            reply = self.redis.xreadgroup(s.group, self.name, {s.stream: ">"}, count=s.batch_size - len(ids),
+            reply = self.redis.xreadgroup(s.group, self.name, {stream: ">"}, count=s.batch_size - len(ids),
                                           block=block)
             new = [sid.decode() for _, entries in reply for sid, _ in entries]
             if not new and (ids or deadline is not None):
@@ -203,21 +225,24 @@ class Dispatcher:
             block = remaining_ms
         return ids
 
-    def enqueue(self, ids: list[str], *, attempt: int = 1, dead_reason: str | None = None) -> Job:
+    def enqueue(self, ids: list[str], *, shard: Shard | None = None, attempt: int = 1,
+                dead_reason: str | None = None) -> Job:
+        """One job of `shard`'s (default: the first) entries `ids`; its arguments name the shard."""
         s = self.settings
-        job_id = batch_job_id(ids, attempt)
+        shard = shard or self.shards[0]
+        job_id = batch_job_id(ids, attempt, shard.index)
         pipe = self.queue_redis.pipeline()
         if dead_reason is None:
-            job = self.queue.enqueue_call(PROCESS_JOB, args=(ids,), job_id=job_id, timeout=s.job_timeout_s,
+            job = self.queue.enqueue_call(PROCESS_JOB, args=(ids, shard.index), job_id=job_id, timeout=s.job_timeout_s,
                                           result_ttl=s.result_ttl_s, failure_ttl=s.failure_ttl_s, pipeline=pipe)
         else:
-            job = self.queue.enqueue_call(DEAD_LETTER_JOB, args=(ids, dead_reason), job_id=job_id,
+            job = self.queue.enqueue_call(DEAD_LETTER_JOB, args=(ids, dead_reason, shard.index), job_id=job_id,
                                           timeout=s.job_timeout_s, result_ttl=s.result_ttl_s,
                                           failure_ttl=s.failure_ttl_s, pipeline=pipe)
         # In the same MULTI as the job (RQ opens it), on the queue Redis: the job → entries map is
         # never half-written, and is lost only with the jobs it names (their entries are then gone:
         # reclaimed after the visibility timeout).
-        pipe.hset(s.inflight_key, mapping={sid: job_id for sid in ids})
+        pipe.hset(shard.inflight_key, mapping={sid: job_id for sid in ids})
         pipe.execute()
         self.metrics.batches.inc()
         return job
@@ -243,44 +268,51 @@ class Dispatcher:
         return {job_id: job_state(job, now=now, run_limit_s=run_limit_s, taken=taken) for job_id, job in jobs.items()}
 
     def reclaim(self) -> int:
-        """Hand idle entries whose job is over to a new job (or to the dead letters)."""
+        """Hand idle entries whose job is over to a new job (or to the dead letters), shard by shard."""
+        return sum(self.reclaim_shard(shard) for shard in self.shards)
+
+    def reclaim_shard(self, shard: Shard) -> int:
         s = self.settings
         idle_ms = s.visibility_timeout_s * 1000
-        pending = self.redis.xpending_range(s.stream, s.group, min="-", max="+", count=RECLAIM_SCAN, idle=idle_ms)
+        pending = self.redis.xpending_range(shard.stream, s.group, min="-", max="+", count=RECLAIM_SCAN, idle=idle_ms)
         if not pending:
             return 0
         ids = [p["message_id"].decode() for p in pending]
-        job_of = {sid: j.decode() if j else None for sid, j in zip(ids, self.queue_redis.hmget(s.inflight_key, ids))}
+        job_of = {sid: j.decode() if j else None
+                  for sid, j in zip(ids, self.queue_redis.hmget(shard.inflight_key, ids))}
         states = self.job_states(sorted({j for j in job_of.values() if j}))
         over = [sid for sid in ids if state_of(job_of[sid], states).over]
         if not over:
             return 0
-        claimed = self.redis.xclaim(s.stream, s.group, self.name, min_idle_time=idle_ms, message_ids=over)
+        claimed = self.redis.xclaim(shard.stream, s.group, self.name, min_idle_time=idle_ms, message_ids=over)
         deliveries = {p["message_id"].decode(): p["times_delivered"] + 1 for p in pending}
         plan = plan_reclaim([Claimed(sid, deliveries.get(sid, 1), job_of.get(sid))
                              for sid in (sid.decode() for sid, _ in claimed)], states, s.max_deliveries)
         for chunk in _chunks(plan.retry, s.batch_size):
-            self.enqueue([c.stream_id for c in chunk], attempt=max(c.deliveries for c in chunk))
+            self.enqueue([c.stream_id for c in chunk], shard=shard, attempt=max(c.deliveries for c in chunk))
         for chunk in _chunks(plan.give_up, s.batch_size):
             reason = f"gave up after {s.max_deliveries} deliveries (jobs failed or their workers died)"
-            self.enqueue([c.stream_id for c in chunk], attempt=max(c.deliveries for c in chunk), dead_reason=reason)
+            self.enqueue([c.stream_id for c in chunk], shard=shard, attempt=max(c.deliveries for c in chunk),
+                         dead_reason=reason)
         self.metrics.reclaimed.inc(len(plan.retry))
         self.metrics.dead_lettered.inc(len(plan.give_up))
         if claimed:
-            log.warning("reclaimed %d entries, %d of them to the dead letters", len(claimed), len(plan.give_up))
+            log.warning("reclaimed %d entries of %s, %d of them to the dead letters", len(claimed), shard.stream,
+                        len(plan.give_up))
         return len(claimed)
 
     def observe_stream(self) -> None:
-        """Stream length, group lag and pending entries for the gauges."""
+        """Each shard's length, group lag and pending entries for the gauges (label `shard`)."""
         s, m = self.settings, self.metrics
         m.inflight.set(self.inflight())
-        m.length.set(self.redis.xlen(s.stream))
-        for group in self.redis.xinfo_groups(s.stream):
-            if group["name"].decode() == s.group:
-                m.pending.set(group["pending"])
-                m.lag.set(group.get("lag") or 0)
-        oldest = self.redis.xpending_range(s.stream, s.group, min="-", max="+", count=1)
-        m.oldest_pending_s.set(oldest[0]["time_since_delivered"] / 1000 if oldest else 0)
+        for shard in self.shards:
+            m.length.labels(shard.label).set(self.redis.xlen(shard.stream))
+            for group in self.redis.xinfo_groups(shard.stream):
+                if group["name"].decode() == s.group:
+                    m.pending.labels(shard.label).set(group["pending"])
+                    m.lag.labels(shard.label).set(group.get("lag") or 0)
+            oldest = self.redis.xpending_range(shard.stream, s.group, min="-", max="+", count=1)
+            m.oldest_pending_s.labels(shard.label).set(oldest[0]["time_since_delivered"] / 1000 if oldest else 0)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -290,19 +322,22 @@ class Dispatcher:
         A batch read but not enqueued (the queue Redis went away in between) is enqueued first at
         the next step; should this process die meanwhile, its entries are pending without a job
         and reclaimed after the visibility timeout."""
-        if self._unsent:
-            self.enqueue(self._unsent)
-            self.metrics.enqueued.inc(len(self._unsent))
-            sent, self._unsent = len(self._unsent), []
-            return sent
+        if self._unsent is not None:
+            shard, ids = self._unsent
+            self.enqueue(ids, shard=shard)
+            self._unsent = None
+            self.metrics.enqueued.inc(len(ids))
+            return len(ids)
         if self.inflight() >= self.settings.max_inflight_batches:
             time.sleep(0.005)
             return 0
-        ids = self.read_batch(first_block_ms)
+        shard = self.shards[self._turn % len(self.shards)]
+        self._turn += 1
+        ids = self.read_batch(first_block_ms if len(self.shards) == 1 else min(first_block_ms, SHARD_BLOCK_MS), shard)
         if ids:
-            self._unsent = ids
-            self.enqueue(ids)
-            self._unsent = []
+            self._unsent = (shard, ids)
+            self.enqueue(ids, shard=shard)
+            self._unsent = None
             self.metrics.enqueued.inc(len(ids))
         return len(ids)
 
@@ -321,10 +356,11 @@ class Dispatcher:
             self._outage_since = None
 
     def run(self, stop: threading.Event) -> None:
-        log.info("dispatching %s as %s", self.settings.stream, self.name)
+        log.info("dispatching %s as %s", ", ".join(shard.stream for shard in self.shards), self.name)
         backoff = 0.1
         group_ready = False  # made inside the loop: Redis may be down when the dispatcher starts
-        with Upkeep(self.settings, self.redis, reclaim=self.reclaim, observe=self.observe_stream) as upkeep:
+        with Upkeep(self.settings, self.redis, self.shards, reclaim=self.reclaim,
+                    observe=self.observe_stream) as upkeep:
             while not stop.is_set():
                 try:
                     if not group_ready:
@@ -334,15 +370,16 @@ class Dispatcher:
                     self.step()
                     self._available()
                     backoff = 0.1
-                except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    log.warning("consumer group missing (Redis restarted?), creating it again")
-                    group_ready = False
-                except (RedisConnectionError, RedisTimeoutError) as exc:
+                except REDIS_OUTAGE as exc:
                     self._unavailable(exc, backoff)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # Redis restarted without its data, or a replica promoted before the group reached it.
+                    log.warning("consumer group missing (%s), creating it again at 0", str(exc)[:200])
+                    group_ready = False
 
 
 def _chunks(items: list[Claimed], size: int) -> list[list[Claimed]]:

@@ -44,20 +44,21 @@ def outage_marked() -> Iterator[None]:
         raise
 
 
-def process_batch(ids: list[str]) -> dict[str, Any]:
+def process_batch(ids: list[str], shard: int = 0) -> dict[str, Any]:
+    """Entries `ids` of the stream of shard `shard` (jobs enqueued before shards existed have none: 0)."""
     with outage_marked():
-        return run_batch(context.current(), ids)
+        return run_batch(context.current(), ids, shard=shard)
 
 
-def dead_letter_batch(ids: list[str], reason: str) -> dict[str, Any]:
+def dead_letter_batch(ids: list[str], reason: str, shard: int = 0) -> dict[str, Any]:
     """Entries that failed too many deliveries: stored as dead letters with the raw record."""
     with outage_marked():
-        return run_batch(context.current(), ids, dead_reason=reason)
+        return run_batch(context.current(), ids, shard=shard, dead_reason=reason)
 
 
-def replay_stream_batch(ids: list[str]) -> dict[str, Any]:
+def replay_stream_batch(ids: list[str], shard: int = 0) -> dict[str, Any]:
     ctx = context.current()
-    return replay_entries(ctx, read_entries(ctx.redis, ctx.settings.stream, ids))
+    return replay_entries(ctx, read_entries(ctx.redis, ctx.shard(shard).stream, ids))
 
 
 def replay_archive_batch(keys: list[list[str]]) -> dict[str, Any]:

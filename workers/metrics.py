@@ -118,10 +118,12 @@ class DispatchMetrics:
                                  registry=reg)
         self.dead_lettered = Counter("hookstream_dispatch_gave_up", "Entries sent to the dead letters after too"
                                      " many deliveries.", registry=reg)
+        # Per shard of the raw stream (label `shard`: "0", "1", ...); a deployment's total is their sum.
         self.pending = Gauge("hookstream_stream_pending", "Entries delivered to workers, not yet acknowledged.",
-                             registry=reg)
-        self.lag = Gauge("hookstream_stream_lag", "Entries in the stream not yet read by the group.", registry=reg)
-        self.length = Gauge("hookstream_stream_length", "Entries in the stream.", registry=reg)
+                             ["shard"], registry=reg)
+        self.lag = Gauge("hookstream_stream_lag", "Entries in the stream not yet read by the group.", ["shard"],
+                         registry=reg)
+        self.length = Gauge("hookstream_stream_length", "Entries in the stream.", ["shard"], registry=reg)
         self.oldest_pending_s = Gauge("hookstream_stream_oldest_pending_seconds", "Idle time of the oldest"
-                                      " pending entry.", registry=reg)
+                                      " pending entry.", ["shard"], registry=reg)
         self.inflight = Gauge("hookstream_dispatch_inflight_batches", "Batches queued or running in RQ.", registry=reg)

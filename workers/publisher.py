@@ -38,6 +38,10 @@ def stream_key(settings: Settings) -> str:
 
 
 def cursor_key(settings: Settings) -> str:
+    """Beside the stream. On a Redis Cluster its hash tag is the stream's whole name, so that both are
+    on one slot (WATCH and MULTI cannot span two); elsewhere the key stays as it always was."""
+    if settings.redis_cluster:
+        return f"{{{stream_key(settings)}}}:cursor"
     return f"{settings.key_prefix}:consent-changes:cursor"
 
 

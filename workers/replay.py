@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any, TextIO
 
 import psycopg
@@ -125,9 +126,10 @@ def add_counts(total: dict[str, int], result: dict[str, Any]) -> None:
         total[name] = total.get(name, 0) + int(result.get(name, 0))
 
 
-def run_jobs(redis: Redis, settings: Settings, func: str, pages: Iterator[list[Any]], progress: Progress,
+def run_jobs(redis: Redis, settings: Settings, func: str, pages: Iterator[tuple[Any, ...]], progress: Progress,
              in_flight: int) -> tuple[dict[str, int], int]:
-    """Enqueue each page on the replay queue, at most `in_flight` at once; (summed results, failed jobs)."""
+    """Enqueue a job of each page's arguments (the page first) on the replay queue, at most `in_flight`
+    at once; (summed results, failed jobs)."""
     queue = Queue(settings.replay_queue, connection=redis, serializer=JSONSerializer)
     total: dict[str, int] = {}
     waiting: list[Job] = []
@@ -149,11 +151,11 @@ def run_jobs(redis: Redis, settings: Settings, func: str, pages: Iterator[list[A
             if len(waiting) > block_until:
                 time.sleep(0.05)
 
-    for page in pages:
-        if not page:
+    for args in pages:
+        if not args[0]:
             continue
-        digest = hashlib.sha1(repr(page).encode()).hexdigest()[:16]
-        waiting.append(queue.enqueue_call(func, args=(page,), job_id=f"replay-{digest}-{time.time_ns()}",
+        digest = hashlib.sha1(repr(args).encode()).hexdigest()[:16]
+        waiting.append(queue.enqueue_call(func, args=args, job_id=f"replay-{digest}-{time.time_ns()}",
                                           timeout=settings.job_timeout_s, result_ttl=max(settings.result_ttl_s, 600),
                                           failure_ttl=settings.failure_ttl_s))
         settle(in_flight - 1)
@@ -168,9 +170,10 @@ def replay(ctx: WorkerContext, selection: Selection, *, from_archive: bool = Fal
     started = time.monotonic()
     progress = Progress(_estimate(ctx, selection, from_archive), out)
     with ctx.pool.connection() as conn:
+        # A stream replay reads the shards one after the other, each in its own order.
         pages: Iterator[list[Any]] = (
             archive_pages(conn, selection, page) if from_archive
-            else stream_pages(ctx.redis, settings.stream, selection, page))
+            else chain.from_iterable(stream_pages(ctx.redis, shard.stream, selection, page) for shard in ctx.shards))
         if dry_run:
             load: Callable[[list[Any]], list[RawEntry]] = (
                 (lambda keys: read_archive(ctx.pool, keys)) if from_archive else (lambda entries: entries))
@@ -181,7 +184,10 @@ def replay(ctx: WorkerContext, selection: Selection, *, from_archive: bool = Fal
             failed = 0
         else:
             # Jobs carry ids, never bodies: the worker reads the records itself.
-            jobs = pages if from_archive else ([sid for sid, _ in chunk] for chunk in pages)
+            jobs: Iterator[tuple[Any, ...]] = (
+                ((keys,) for keys in archive_pages(conn, selection, page)) if from_archive
+                else (([sid for sid, _ in chunk], shard.index) for shard in ctx.shards
+                      for chunk in stream_pages(ctx.redis, shard.stream, selection, page)))
             total, failed = run_jobs(ctx.queue_redis, settings, ARCHIVE_JOB if from_archive else STREAM_JOB, jobs,
                                      progress, settings.max_inflight_batches)
     progress.close()
@@ -201,5 +207,5 @@ def _estimate(ctx: WorkerContext, selection: Selection, from_archive: bool) -> i
         return int(row[0]) if row else None
     start, end = selection.id_range()
     if start == "-" and end == "+":
-        return int(ctx.redis.xlen(ctx.settings.stream))
+        return sum(int(ctx.redis.xlen(shard.stream)) for shard in ctx.shards)
     return None

@@ -19,6 +19,7 @@ from redis import Redis
 
 from shared import connections
 from shared.settings import Settings
+from shared.shards import Shard, layout
 from shared.streamids import id_to_tuple
 from workers import archive, publisher
 from workers.event_partitions import EVENTS
@@ -87,24 +88,28 @@ def trim_floor(now_ms: int, retention_s: int, groups: Iterable[tuple[str, str | 
     return f"{floor[0]}-{floor[1]}"
 
 
-def trim_cutoff(redis: Redis, settings: Settings, now_ms: int) -> str | None:
-    """`trim_floor` of the stream's groups as Redis has them now; None while the stream has no group."""
-    groups = redis.xinfo_groups(settings.stream)
+def trim_cutoff(redis: Redis, settings: Settings, now_ms: int, stream: str | None = None) -> str | None:
+    """`trim_floor` of the groups of `stream` (default: the single stream) as Redis has them now; None
+    while the stream has no group."""
+    stream = stream or settings.stream
+    groups = redis.xinfo_groups(stream)
     if not groups:
         return None
     marks = []
     for group in groups:
-        oldest = redis.xpending(settings.stream, group["name"])["min"] if group["pending"] else None
+        oldest = redis.xpending(stream, group["name"])["min"] if group["pending"] else None
         marks.append((group["last-delivered-id"].decode(), oldest.decode() if oldest else None))
     return trim_floor(now_ms, settings.stream_retention_s, marks)
 
 
-def trim(redis: Redis, settings: Settings) -> int:
-    """XTRIM MINID ~ at the cutoff: unprocessed entries are never trimmed. Returns entries removed."""
-    cutoff = trim_cutoff(redis, settings, int(time.time() * 1000))
-    if cutoff is None:
-        return 0
-    return int(redis.xtrim(settings.stream, minid=cutoff, approximate=True))
+def trim(redis: Redis, settings: Settings, shards: Sequence[Shard] | None = None) -> int:
+    """XTRIM MINID ~ at each shard's cutoff: unprocessed entries are never trimmed. Returns entries removed."""
+    removed = 0
+    for shard in shards or layout(settings.key_prefix, 1):
+        cutoff = trim_cutoff(redis, settings, int(time.time() * 1000), shard.stream)
+        if cutoff is not None:
+            removed += int(redis.xtrim(shard.stream, minid=cutoff, approximate=True))
+    return removed
 
 
 # -- the consent feed -----------------------------------------------------------------------------
@@ -144,7 +149,7 @@ class ConsentFeed:
 
 
 def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task, observe: Task,
-          retention: Retention | None = None) -> list[Row]:
+          retention: Retention | None = None, shards: Sequence[Shard] | None = None) -> list[Row]:
     """The rows, in the order they run when several are due."""
     retention = retention or Retention(settings)
     # Several looks per visibility timeout, so an entry waits little past it; at most one a second.
@@ -152,7 +157,7 @@ def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task,
     return [
         Row(reclaim_every_s, reclaim),
         Row(reclaim_every_s, observe),
-        Row(TRIM_EVERY_S, partial(trim, redis, settings)),
+        Row(TRIM_EVERY_S, partial(trim, redis, settings, shards)),
         Row(PUBLISH_EVERY_S, feed.publish),
         Row(ARCHIVE_EVERY_S, partial(archive.maintain_url, settings.database_url_or_default(),
                                      settings.archive_retention_s)),
@@ -167,12 +172,12 @@ def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task,
 class Upkeep:
     """The table on its schedule, and the consent feed's connection it holds until closed."""
 
-    def __init__(self, settings: Settings, redis: Redis, *, reclaim: Task, observe: Task,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(self, settings: Settings, redis: Redis, shards: Sequence[Shard] | None = None, *, reclaim: Task,
+                 observe: Task, clock: Clock = time.monotonic) -> None:
         self.feed = ConsentFeed(settings, redis)
         self.retention = Retention(settings)
         self.schedule = Schedule(table(settings, redis, self.feed, reclaim=reclaim, observe=observe,
-                                       retention=self.retention), clock)
+                                       retention=self.retention, shards=shards), clock)
 
     def run_due(self) -> int:
         return self.schedule.run_due()

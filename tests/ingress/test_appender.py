@@ -44,7 +44,7 @@ def test_refusals_fail_their_requests_and_keep_the_connection(redis_url: str, re
 
     async def scenario(appender: Appender) -> tuple[list[object], bool, bytes]:
         refused = await asyncio.gather(*(appender.append(FIELDS) for _ in range(5)), return_exceptions=True)
-        still_connected = appender._connection.is_connected
+        still_connected = appender._shards[0]._connection.is_connected
         await asyncio.to_thread(redis_client.delete, "hookstream:raw")
         sid = await appender.append(FIELDS)
         return refused, still_connected, sid

@@ -222,7 +222,7 @@ def test_the_deadline_covers_the_wait_timeout(pair: tuple[RedisServer, Replica],
         replica.pause()
         started = time.monotonic()
         outcome = (await asyncio.gather(appender.append({b"n": b"1"}), return_exceptions=True))[0]
-        return outcome, time.monotonic() - started, appender._connection.is_connected
+        return outcome, time.monotonic() - started, appender._shards[0]._connection.is_connected
 
     outcome, elapsed, connected = run(pair[0].url, scenario, replicas=1, replica_timeout_ms=800,  # type: ignore[misc]
                                       timeout_s=0.3)

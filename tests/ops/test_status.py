@@ -48,6 +48,9 @@ def test_before_anything_exists_everything_is_zero(settings: Settings, redis_cli
         "group_exists": False, "lag": 0, "pending": 0, "pending_oldest_age_s": None, "pending_oldest_idle_s": None,
         "queue": "hookstream", "queue_depth": 0, "replay_queue": "hookstream-replay", "replay_queue_depth": 0,
         "workers": 0, "failed_jobs": 0, "dead_letters": 0, "events_per_minute": {}, "window_s": 300, "errors": [],
+        "shards": [{"shard": 0, "stream": "hookstream:raw", "stream_length": 0, "stream_oldest_age_s": None,
+                    "group_exists": False, "lag": 0, "pending": 0, "pending_oldest_age_s": None,
+                    "pending_oldest_idle_s": None}],
     }
     code, table = table_of(cli, settings)
     assert code == 0

@@ -133,10 +133,10 @@ def test_batches_are_bounded_and_jobs_carry_ids_only(settings: Settings, redis_c
     first = dispatcher.read_batch(first_block_ms=1)
     assert len(first) == settings.batch_size
     job = dispatcher.enqueue(first)
-    assert job.id == batch_job_id(first) and job.args == (first,)
+    assert job.id == batch_job_id(first, 1, 0) and job.args == (first, 0)  # the ids and the shard
     raw = redis_client.hget(f"rq:job:{job.id}", "data")
     assert raw is not None
-    assert json.loads(zlib.decompress(raw))[2] == [first]  # JSON with the ids, never a pickle of bodies
+    assert json.loads(zlib.decompress(raw))[2] == [first, 0]  # JSON with the ids, never a pickle of bodies
     assert job.result_ttl == settings.result_ttl_s and job.failure_ttl == settings.failure_ttl_s
     assert job.timeout == settings.job_timeout_s
 

@@ -85,8 +85,8 @@ def test_dispatcher_gauges(settings: Settings, redis_client: redis.Redis, ingres
     dispatcher.enqueue(dispatcher.read_batch(first_block_ms=1)[:2])
     dispatcher.observe_stream()
     text = generate_latest(metrics.registry).decode()
-    assert sample(text, "hookstream_stream_length ") == 5
-    assert sample(text, "hookstream_stream_pending ") == 5  # all five were read; two are in a job
+    assert sample(text, 'hookstream_stream_length{shard="0"} ') == 5  # one shard: "0"
+    assert sample(text, 'hookstream_stream_pending{shard="0"} ') == 5  # all five were read; two are in a job
     assert sample(text, "hookstream_dispatch_inflight_batches ") == 1
     assert sample(text, "hookstream_dispatch_batches_total ") == 1
     promtool_accepts(text)
