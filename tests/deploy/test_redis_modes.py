@@ -480,8 +480,11 @@ def test_compose_sentinel_redis_and_sentinels_run_on_real_servers() -> None:
     ports = {name: free_port() for name in [*nodes, *sentinels]}
     folder = Path(tempfile.mkdtemp(prefix="hookstream-deploy-sentinel-"))
     try:
+        # Test-only additions: this machine's ports and folders, and no 5 s wait for more replicas
+        # before a full sync.
         argvs = {name: [binary, str(DEPLOY / "redis.conf"), *localize(args, ports), "--port", str(ports[name]),
-                        "--dir", str(folder / name), "--maxmemory", "64mb"] for name, args in nodes.items()}
+                        "--dir", str(folder / name), "--maxmemory", "64mb", "--repl-diskless-sync-delay", "0"]
+                 for name, args in nodes.items()}
         with redis_processes(argvs, folder) as data_nodes:
             for name in nodes.keys() - {"redis"}:
                 until(lambda n=name: data_nodes[n].info("replication")["master_link_status"] == "up", f"{name} in sync")
