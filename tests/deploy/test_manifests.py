@@ -783,6 +783,21 @@ def test_kubernetes_runs_pgbouncer_in_transaction_mode_before_postgres_but_not_b
         assert bouncer[option] == compose_ini["pgbouncer"][option], option
 
 
+def test_pgbouncer_pods_stop_after_the_transactions_in_flight() -> None:
+    """preStop: out of the Service, then SIGINT to PgBouncer (PID 1: the command bypasses the image's
+    entrypoint), then a wait no shorter than a batch's transaction; all inside the grace period."""
+    spec = pod_spec(by_component("pgbouncer"))
+    container = pgbouncer_container()
+    assert Path(container["command"][0]).name == "pgbouncer"
+    shell, flag, script = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert (shell, flag) == ("sh", "-c")
+    steps = [step.strip() for step in script.split(";")]
+    assert "kill -INT 1" in steps, script
+    sleeps = [int(step.split()[1]) for step in steps if step.startswith("sleep ")]
+    assert sleeps[-1] >= settings_from_manifests().job_timeout_s, "preStop returns before a batch's transaction ended"
+    assert spec["terminationGracePeriodSeconds"] >= sum(sleeps) + INGRESS_STOP_MARGIN_S
+
+
 def test_kubernetes_pgbouncer_ini_starts_a_real_pgbouncer() -> None:
     """The ConfigMap's ini, as Debian's pgbouncer reads it: it starts and listens, with no warning."""
     debian = Path("/usr/sbin/pgbouncer")  # not on a user's PATH
