@@ -18,7 +18,9 @@ processes, and reports each figure next to a baseline measured in the same run o
 - consent (bench/consent.py): the consent API's bulk check of 100,000 subjects, beside one query per subject;
 - dashboard (bench/dashboard.py): the dashboard's page and data endpoints over 1,000,000 events;
 - postgres_growth (bench/postgres_growth.py): the worker on an empty database, then on one pre-filled
-  with 10,000,000 events: events/s, ingest-to-commit p99, Postgres CPU per entry, bytes per event.
+  with 10,000,000 events: events/s, ingest-to-commit p99, Postgres CPU per entry, bytes per event;
+- shards (bench/shards.py): the pipeline over 1, 2 and 4 stream shards on a local Redis Cluster of three
+  primaries against the single stream on one Redis: events/s and CPU per entry per process.
 `--quick` shrinks every size (about 3 minutes in all). Benchmarks report; nothing is asserted.
 The exit code is non-zero only when a benchmark could not run.
 """
@@ -43,7 +45,7 @@ import orjson
 from bench.common import ROOT, load_average
 
 BENCHMARKS = ("ingress", "profile", "workers", "worker_profile", "replay", "e2e", "consent", "dashboard",
-              "postgres_growth")
+              "postgres_growth", "shards")
 
 
 def log(line: str) -> None:
@@ -142,7 +144,8 @@ def sizes(quick: bool) -> dict[str, dict[str, Any]]:
                 "e2e": {"rate": 1000.0, "duration": 15.0, "warmup": 3.0},
                 "consent": {"count": 20_000, "people": 60_000, "per_subject_count": 2_000, "repeat": 1},
                 "dashboard": {"events": 100_000, "runs": 5},
-                "postgres_growth": {"records_n": 20_000, "prefill_n": 1_000_000, "rate": 1000.0, "paced_s": 10.0}}
+                "postgres_growth": {"records_n": 20_000, "prefill_n": 1_000_000, "rate": 1000.0, "paced_s": 10.0},
+                "shards": {"records": 10_000, "shards": (1, 2, 4), "workers": 2}}
     return {"ingress": {"duration": 5.0, "rounds": 3, "provider_duration": 3.0, "open_duration": 15.0},
             "profile": {"duration": 6.0, "ladder_duration": 4.0, "rounds": 3},
             "workers": {"records": 100_000, "workers": (1, 2), "per_webhook": 2000},
@@ -151,7 +154,8 @@ def sizes(quick: bool) -> dict[str, dict[str, Any]]:
             "e2e": {"rate": 1000.0, "duration": 60.0, "warmup": 5.0},
             "consent": {"count": 100_000, "people": 300_000, "per_subject_count": 20_000, "repeat": 3},
             "dashboard": {"events": 1_000_000, "runs": 20},
-            "postgres_growth": {"records_n": 100_000, "prefill_n": 10_000_000, "rate": 2000.0, "paced_s": 20.0}}
+            "postgres_growth": {"records_n": 100_000, "prefill_n": 10_000_000, "rate": 2000.0, "paced_s": 20.0},
+            "shards": {"records": 50_000, "shards": (1, 2, 4), "workers": 2}}
 
 
 def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +197,9 @@ def run_one(name: str, params: dict[str, Any]) -> dict[str, Any]:
     if name == "postgres_growth":  # the worker on an empty and on a pre-filled database (bench/postgres_growth.py)
         from bench import postgres_growth
         return postgres_growth.run(log=log, **params)
+    if name == "shards":  # the pipeline over stream shards on a local Redis Cluster (bench/shards.py)
+        from bench import shards
+        return shards.run(log=log, **params)
     raise ValueError(name)
 
 
@@ -368,6 +375,21 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                      f"{p['drain']['cpu_us_per_entry']['postgres']:.0f} µs / {pg['prefill']['disk']['bytes_per_event']} B",
                      f"empty {e['drain']['cpu_us_per_entry']['postgres']:.0f} µs / {e['disk']['bytes_per_event']} B",
                      _x(r["postgres_cpu_us_prefilled_vs_empty"]), "–"))
+    sh = results.get("shards")
+    if sh and "ratios" in sh:
+        single = sh["single"]
+        for key, case in sh.items():
+            if not key.startswith("cluster_"):
+                continue
+            x = sh["ratios"][f"{key}_vs_single"]
+            rows.append(("shards", f"{case['shards']} shard(s) on 3 primaries, {case['entries']:,} records, "
+                         f"-n {sh['settings']['workers']}", _n(case["events_per_s"], "events/s"),
+                         f"single stream {_n(single['events_per_s'], 'events/s')}", _x(x["events_per_s"]), "–"))
+            rows.append(("shards", "  CPU µs per entry: workers / dispatch / stream redis / postgres",
+                         " / ".join(f"{case['cpu_us_per_entry'].get(k, 0):.0f}"
+                                    for k in ("workers", "dispatch", "redis", "postgres")),
+                         f"single stream {single['cpu_us_per_entry_total']:.0f} µs in all",
+                         _x(x["cpu_per_entry"]) + " (total)", "–"))
     for name in BENCHMARKS:
         if isinstance(results.get(name), dict) and "error" in results[name]:
             rows.append((name, "did not run", results[name]["error"].splitlines()[-1][:80], "–", "–", "–"))
