@@ -354,7 +354,7 @@ def test_compose_sentinel_topology_is_the_one_the_settings_name() -> None:
         assert sorted(settings.redis_sentinels) == sorted((s, sentinel_port) for s in sentinels), name
         assert settings.redis_sentinel_service == service, name
         depends = compose_config("sentinel")["services"][name]["depends_on"]
-        assert all(depends[s]["condition"] == "service_healthy" for s in sentinels), name
+        assert all(depends[s]["condition"] == "service_healthy" for s in [*sentinels, *replicas]), name
     assert settings_of(hookstream_services("sentinel")["ingress"][1], "ingress").append_replicas <= len(replicas) - 1
 
 
