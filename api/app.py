@@ -278,9 +278,9 @@ async def erase_subject(request: Request) -> Response:
 def _erase_streams(settings: Settings, target: erasure.Target) -> dict[str, int]:
     redis = connections.cli_redis(settings)
     try:
-        return erasure.erase_streams(redis, target, stream=settings.stream, group=settings.group,
-                                     others=[settings.parked_stream, f"{settings.key_prefix}:consent-changes"],
-                                     prefix=settings.key_prefix)
+        shards = connections.stream_shards(settings, redis)
+        return erasure.erase_streams(redis, target, streams=[shard.stream for shard in shards], group=settings.group,
+                                     others=[settings.parked_stream, f"{settings.key_prefix}:consent-changes"])
     finally:
         redis.close()
 
@@ -306,9 +306,11 @@ async def metrics(request: Request) -> Response:
 
 
 def _stream_age(settings: Settings) -> float:
+    """The oldest unprocessed entry of all the raw stream's shards."""
     redis = connections.cli_redis(settings)
     try:
-        return clock.oldest_unprocessed_s(redis, settings.stream, settings.group)
+        return max(clock.oldest_unprocessed_s(redis, shard.stream, settings.group)
+                   for shard in connections.stream_shards(settings, redis))
     finally:
         redis.close()
 

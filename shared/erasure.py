@@ -6,7 +6,7 @@ asks for the number and its hash). Postgres does the rows in one statement (`con
 migration 009). The raw stream is a buffer in front of Postgres, so:
 
 - an entry the workers have processed (acknowledged) is deleted now;
-- an entry not yet processed is marked in `erase_key` (stream id → what to erase) and erased by the
+- an entry not yet processed is marked in `stream_key(stream)` (entry id → what to erase) and erased by the
   worker whose batch holds it, after that batch commits (`erase_committed`): deleting it now would
   lose a STOP the person sent, and its rows do not exist yet.
 
@@ -64,9 +64,10 @@ def mentions(fields: Mapping[bytes, bytes], needles: Sequence[bytes]) -> bool:
     return any(needle in value for value in fields.values() for needle in needles)
 
 
-def stream_key(prefix: str) -> str:
-    """Hash: raw stream entry id → JSON of what to erase once the entry's batch has committed."""
-    return f"{prefix}:erase-on-commit"
+def stream_key(stream: str) -> str:
+    """Hash: entry id of the raw stream (shard) `stream` → JSON of what to erase once the entry's batch
+    has committed. Named after its stream, so that on a Redis Cluster it shares the shard's slot."""
+    return f"{stream}:erase-on-commit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,25 +113,29 @@ def _unprocessed(redis: Redis, stream: str, group: str, ids: Iterable[str]) -> s
     return waiting
 
 
-def erase_streams(redis: Redis, target: Target, *, stream: str, group: str, others: Sequence[str],
-                  prefix: str) -> dict[str, int]:
-    """Delete the processed raw entries naming the person, mark the unprocessed ones, delete their
-    entries in the other streams (parked, outbound consent changes). Counts for the audit."""
+def erase_streams(redis: Redis, target: Target, *, streams: Sequence[str], group: str,
+                  others: Sequence[str]) -> dict[str, int]:
+    """Delete the processed raw entries naming the person (each shard's stream), mark the unprocessed
+    ones, delete their entries in the other streams (parked, outbound consent changes). Counts for
+    the audit."""
     needles = [n.encode() for n in target.notations]
-    ids = _matching(redis, stream, needles) if redis.exists(stream) else []
-    waiting = _unprocessed(redis, stream, group, ids) if ids else set()
-    done = [sid for sid in ids if sid not in waiting]
-    if waiting:
-        redis.hset(stream_key(prefix), mapping={sid: target.as_json() for sid in sorted(waiting)})
-    if done:
-        redis.xdel(stream, *done)
-        redis.hdel(stream_key(prefix), *done)  # marked by an earlier request whose worker could not finish
+    deleted = marked = 0
+    for stream in streams:
+        ids = _matching(redis, stream, needles) if redis.exists(stream) else []
+        waiting = _unprocessed(redis, stream, group, ids) if ids else set()
+        done = [sid for sid in ids if sid not in waiting]
+        if waiting:
+            redis.hset(stream_key(stream), mapping={sid: target.as_json() for sid in sorted(waiting)})
+        if done:
+            redis.xdel(stream, *done)
+            redis.hdel(stream_key(stream), *done)  # marked by an earlier request whose worker could not finish
+        deleted, marked = deleted + len(done), marked + len(waiting)
     other = 0
     for name in others:
         found = _matching(redis, name, needles) if redis.exists(name) else []
         if found:
             other += int(redis.xdel(name, *found))
-    return {"stream_entries_deleted": len(done), "stream_entries_marked": len(waiting), "other_stream_entries": other}
+    return {"stream_entries_deleted": deleted, "stream_entries_marked": marked, "other_stream_entries": other}
 
 
 def erase_rows(conn: psycopg.Connection[Any], target: Target, actor: str, stream: Mapping[str, int]) -> dict[str, int]:
@@ -141,14 +146,14 @@ def erase_rows(conn: psycopg.Connection[Any], target: Target, actor: str, stream
 
 
 def erase_committed(redis: Redis, connect: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
-                    stream: str, prefix: str, ids: Sequence[str]) -> int:
+                    stream: str, ids: Sequence[str]) -> int:
     """After a batch committed: erase the people whose erasure waited for these entries (their rows
     are now in Postgres), then the entries. Returns how many entries were erased. One HMGET when
     nothing waits, which is nearly always. If Postgres fails here the marks stay, and the same
     DELETE request again (idempotent) finishes the erasure."""
     if not ids:
         return 0
-    key = stream_key(prefix)
+    key = stream_key(stream)
     marked = [(sid, raw) for sid, raw in zip(ids, redis.hmget(key, list(ids))) if raw is not None]
     if not marked:
         return 0

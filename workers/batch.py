@@ -206,7 +206,7 @@ def run_batch(ctx: WorkerContext, ids: list[str], *, shard: int = 0, dead_reason
     park(ctx.redis, ctx.settings, result.parked)
     observe(ctx.metrics, "live", entries, result, time.perf_counter() - started)
     ack(ctx.redis, ctx.queue_redis, ctx.settings, stream, ids)
-    erasure.erase_committed(ctx.redis, ctx.pool.connection, stream.stream, ctx.settings.key_prefix, ids)
+    erasure.erase_committed(ctx.redis, ctx.pool.connection, stream.stream, ids)
     return result.summary(entries=len(entries), missing=len(ids) - len(entries),
                           seconds=round(time.perf_counter() - started, 4))
 
