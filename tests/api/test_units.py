@@ -6,6 +6,7 @@ import argparse
 import itertools
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -18,9 +19,11 @@ from api.subjects import InvalidSubject, classify, scope_forms
 from hookstream.api import cmd_api, register
 from shared import fastphone, phones
 from shared.consent import OPTED_IN, OPTED_OUT, ConsentRow, effective
+from shared.erasure import keyed_hash, notations
 from shared.errors import ConfigError
 from shared.feed import Position
 from shared.phones import normalize_phone
+from shared.settings import Settings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -141,8 +144,6 @@ def test_api_config_from_the_environment() -> None:
 
 def test_the_command_refuses_to_start_without_tokens(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from shared.settings import Settings
-
     monkeypatch.delenv("HOOKSTREAM_API_TOKENS", raising=False)
     assert cmd_api(Settings(), argparse.Namespace(host=None, port=None)) == 2
     assert "HOOKSTREAM_API_TOKENS is not set" in capsys.readouterr().err
@@ -199,3 +200,22 @@ def test_forms_outside_the_fast_path_fall_back_to_normalize_phone(raw: str) -> N
     except InvalidSubject:
         return
     assert found.value == normalize_phone(raw.strip(), None)
+
+
+def test_erasure_hash_and_notations() -> None:
+    hashed = keyed_hash("k", "+31612345678")
+    assert hashed.startswith("erased:") and len(hashed) == len("erased:") + 64
+    assert hashed != keyed_hash("other key", "+31612345678") and "612345678" not in hashed
+    assert notations("+31612345678") == ["+31612345678", "31612345678", "0031612345678", "%2B31612345678",
+                                         "%2b31612345678", "0612345678"]
+    assert notations("xct7jy") == ["xct7jy"]
+
+
+def test_the_erasure_key_may_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("from-a-file\n")
+    settings = Settings.from_env({"HOOKSTREAM_ERASURE_KEY_FILE": str(tmp_path / "key"),
+                                  "HOOKSTREAM_OPT_OUT_REACH": "all"})
+    assert settings.erasure_key is not None and settings.erasure_key.values == ("from-a-file",)
+    assert settings.opt_out_reach == "all"
+    with pytest.raises(ConfigError, match="HOOKSTREAM_OPT_OUT_REACH"):
+        Settings.from_env({"HOOKSTREAM_OPT_OUT_REACH": "everyone"})
