@@ -22,7 +22,7 @@ from rq.registry import FailedJobRegistry
 from shared import connections
 from shared.settings import Settings
 from shared.shards import Shard
-from shared.streamids import id_to_tuple
+from shared.streamids import group_lag, id_to_tuple
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[Any]
@@ -86,7 +86,9 @@ def read_shard(redis: Redis, settings: Settings, shard: Shard, now_ms: int) -> d
                    stream_oldest_age_s=id_age_s(first[0][0], now_ms) if first else None,
                    group_exists=group is not None, lag=length, pending=0)
     if group is not None:
-        figures.update(lag=group.get("lag"), pending=int(group["pending"]))
+        newest = redis.xrevrange(shard.stream, count=1) if length else []
+        figures.update(lag=group_lag(group.get("lag"), group["last-delivered-id"], newest[0][0] if newest else None,
+                                     length), pending=int(group["pending"]))
     if figures["pending"]:
         oldest = redis.xpending_range(shard.stream, settings.group, min="-", max="+", count=1)
         if oldest:

@@ -21,3 +21,14 @@ def id_to_tuple(stream_id: str | bytes) -> tuple[int, int]:
     if found is None or int(found[1]) > MAX_PART or int(found[2] or 0) > MAX_PART:
         raise ValueError(f"{text[:48]!r} is not a stream id (<ms>-<seq>)")
     return int(found[1]), int(found[2] or 0)
+
+
+def group_lag(reported: int | None, last_delivered: str | bytes, newest: str | bytes | None, length: int) -> int | None:
+    """A consumer group's lag as hookstream reports it: 0 when the group has been handed the
+    stream's newest entry, whatever Redis says. Redis 7.0 keeps a group's entries-read counter only
+    from a replica's full sync, so after a failover onto such a replica XINFO's `lag` stays too high
+    by what was read since, for ever (redis/redis#12898). Otherwise Redis's own figure, never more
+    than the stream holds (unread entries are never trimmed); None when Redis cannot tell."""
+    if newest is None or id_to_tuple(last_delivered) >= id_to_tuple(newest):
+        return 0
+    return None if reported is None else min(int(reported), length)

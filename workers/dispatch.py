@@ -39,6 +39,7 @@ from rq.serializers import JSONSerializer
 from shared import connections
 from shared.settings import Settings
 from shared.shards import Shard
+from shared.streamids import group_lag
 from workers.jobs import failed_for_outage
 from workers.metrics import DispatchMetrics
 from workers.upkeep import Upkeep
@@ -306,11 +307,15 @@ class Dispatcher:
         s, m = self.settings, self.metrics
         m.inflight.set(self.inflight())
         for shard in self.shards:
-            m.length.labels(shard.label).set(self.redis.xlen(shard.stream))
+            length = self.redis.xlen(shard.stream)
+            m.length.labels(shard.label).set(length)
             for group in self.redis.xinfo_groups(shard.stream):
                 if group["name"].decode() == s.group:
+                    newest = self.redis.xrevrange(shard.stream, count=1) if length else []
+                    lag = group_lag(group.get("lag"), group["last-delivered-id"],
+                                    newest[0][0] if newest else None, length)
                     m.pending.labels(shard.label).set(group["pending"])
-                    m.lag.labels(shard.label).set(group.get("lag") or 0)
+                    m.lag.labels(shard.label).set(lag or 0)
             oldest = self.redis.xpending_range(shard.stream, s.group, min="-", max="+", count=1)
             m.oldest_pending_s.labels(shard.label).set(oldest[0]["time_since_delivered"] / 1000 if oldest else 0)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.streamids import MAX_PART, id_to_tuple
+from shared.streamids import MAX_PART, group_lag, id_to_tuple
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -36,3 +36,16 @@ def test_order_is_numeric_not_textual(a: tuple[int, int], b: tuple[int, int]) ->
     first, second = id_to_tuple(f"{a[0]}-{a[1]}"), id_to_tuple(f"{b[0]}-{b[1]}")
     assert (first, second) == (a, b)
     assert id_to_tuple("-") <= first <= id_to_tuple("+")
+
+
+@pytest.mark.parametrize(("reported", "last_delivered", "newest", "length", "expected"), [
+    (5, "10-0", "10-0", 7, 0),  # handed the newest entry: no lag, whatever a promoted replica counts
+    (5, "10-1", "10-0", 7, 0),  # the newest entry was deleted after delivery
+    (0, "0-0", None, 0, 0),  # an empty stream
+    (3, "9-0", "10-0", 7, 3),  # Redis's own figure while entries wait
+    (40, "9-0", "10-0", 7, 7),  # never more than the stream holds
+    (None, "9-0", "10-0", 7, None),  # Redis cannot tell
+])
+def test_group_lag(reported: int | None, last_delivered: str, newest: str | None, length: int,
+                   expected: int | None) -> None:
+    assert group_lag(reported, last_delivered, newest, length) == expected
