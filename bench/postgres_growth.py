@@ -102,6 +102,14 @@ STATS_SQL = (
     " (SELECT idx_blks_hit FROM pg_statio_user_indexes WHERE indexrelname = 'event_keys_pkey'),"
     " checkpoints_timed + checkpoints_req, buffers_checkpoint, buffers_clean, buffers_backend FROM pg_stat_bgwriter"
 )
+# Per index, during a drain: which of them Postgres had to read from outside shared_buffers.
+INDEX_IO_SQL = "SELECT indexrelname, idx_blks_read, idx_blks_hit FROM pg_statio_user_indexes"
+# The pipeline's statements during a drain, by total time (pg_stat_statements, loaded for the run).
+STATEMENTS_SQL = (
+    "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls, round(total_exec_time::numeric, 1)::float8,"
+    " shared_blks_hit, shared_blks_read, shared_blks_dirtied, shared_blks_written FROM pg_stat_statements"
+    " WHERE query NOT ILIKE '%%pg_stat%%' ORDER BY total_exec_time DESC LIMIT 8"
+)
 STATS = ("event_keys_pkey_blks_read", "event_keys_pkey_blks_hit", "checkpoints", "buffers_checkpoint",
          "buffers_clean", "buffers_backend")
 
@@ -170,6 +178,37 @@ def stats(database_url: str) -> dict[str, int]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute(STATS_SQL).fetchone()
     return {name: int(value or 0) for name, value in zip(STATS, row or (), strict=True)}
+
+
+def index_io(database_url: str) -> dict[str, tuple[int, int]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return {name: (int(read or 0), int(hit or 0)) for name, read, hit in conn.execute(INDEX_IO_SQL)}
+
+
+def index_io_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    """The indexes read from outside shared_buffers meanwhile, most read first."""
+    rows = sorted(((name, read - before.get(name, (0, 0))[0], hit - before.get(name, (0, 0))[1])
+                   for name, (read, hit) in after.items()), key=lambda row: -row[1])
+    return [{"index": name, "blks_read": read, "blks_hit": hit} for name, read, hit in rows if read or hit][:8]
+
+
+def load_statements(postgres: PostgresServer) -> None:
+    """pg_stat_statements for the run: a restart with the library preloaded."""
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    postgres.stop()
+    postgres.start()
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+def statements(database_url: str, reset: bool = False) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if reset:
+            conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        names = ("statement", "calls", "total_ms", "blks_hit", "blks_read", "blks_dirtied", "blks_written")
+        return [dict(zip(names, row, strict=True)) for row in conn.execute(STATEMENTS_SQL)]
 
 
 def disk(database_url: str) -> dict[str, Any]:
@@ -274,26 +313,45 @@ def events_count(settings: Settings) -> int:
         return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])  # type: ignore[index]
 
 
-def measure(env: dict[str, str], settings: Settings, redis: Redis, postgres: PostgresServer, redis_pid: int,
-            count: int, rate: float, paced_s: float, first: int, log: Any) -> dict[str, Any]:
+def drain_once(env: dict[str, str], settings: Settings, redis: Redis, postgres: PostgresServer, redis_pid: int,
+               count: int, first: int, traced: bool) -> dict[str, Any]:
     redis.flushdb()
     Dispatcher(settings, redis).ensure_group()
     fill_stream(redis, settings.stream, count, first)
     before = events_count(settings)
-    stats_before = stats(postgres.url)
+    stats_before, io_before = stats(postgres.url), index_io(postgres.url)
+    if traced:
+        statements(postgres.url, reset=True)
     drain = run_pipeline(env, settings, redis, count, 1,
                          servers={"redis": redis_pid, "postgres": postmaster_pid(postgres)})
     after = stats(postgres.url)
     drain["postgres_stats"] = {name: after[name] - stats_before[name] for name in STATS}
+    drain["index_io"] = index_io_delta(io_before, index_io(postgres.url))
+    if traced:
+        drain["statements"] = statements(postgres.url)
     drain["events"] -= before  # run_pipeline counts the table's rows; the pre-fill is not this run's
     drain["events_per_s"] = round(drain["events"] / drain["seconds"])
-    log(f"drain: {drain['events_per_s']:,} events/s, postgres {drain['cpu_us_per_entry'].get('postgres')} µs/entry,"
-        f" {drain['postgres_stats']}")
+    return drain
+
+
+def measure(env: dict[str, str], settings: Settings, redis: Redis, postgres: PostgresServer, redis_pid: int,
+            count: int, rate: float, paced_s: float, first: int, log: Any, drains: int = 1,
+            traced: bool = False) -> dict[str, Any]:
+    """`drains` drains of `count` fresh records each (the first is `drain`, all are in `drains`, their
+    mean events/s in `events_per_s`), then the paced run."""
+    runs = [drain_once(env, settings, redis, postgres, redis_pid, count, first + i * count, traced)
+            for i in range(drains)]
+    drain = runs[0]
+    for run_ in runs:
+        log(f"drain: {run_['events_per_s']:,} events/s, postgres {run_['cpu_us_per_entry'].get('postgres')} µs/entry,"
+            f" {run_['postgres_stats']}, most read indexes {run_['index_io'][:3]}")
     redis.flushdb()
     Dispatcher(settings, redis).ensure_group()
-    pace = paced(env, settings, redis, rate, paced_s, first + count)
+    pace = paced(env, settings, redis, rate, paced_s, first + drains * count)
     log(f"paced: {pace['rate_sent']:,}/s, ingest-to-commit p99 {pace['ingest_to_commit_ms']['p99']} ms")
-    return {"drain": drain, "paced": pace, "disk": disk(postgres.url), "index_sizes": index_sizes(postgres.url)}
+    return {"drain": drain, "drains": runs, "events_per_s": round(sum(r["events_per_s"] for r in runs) / len(runs)),
+            "postgres_cpu_us_per_entry": round(sum(r["cpu_us_per_entry"]["postgres"] for r in runs) / len(runs), 1),
+            "paced": pace, "disk": disk(postgres.url), "index_sizes": index_sizes(postgres.url)}
 
 
 def retention_dropping_oldest(database_url: str) -> int:
@@ -369,7 +427,7 @@ def ratio(a: float, b: float) -> float:
 
 def run(*, records_n: int = 100_000, levels: Sequence[int] = (10_000_000, 50_000_000), rate: float = 2000.0,
         paced_s: float = 20.0, lookups: bool = True, drop: bool = True, prefill_n: int | None = None,
-        messages: int = LOOKUP_MESSAGES, log: Any = print) -> dict[str, Any]:
+        messages: int = LOOKUP_MESSAGES, drains: int = 1, traced: bool = False, log: Any = print) -> dict[str, Any]:
     """The whole benchmark (its own Redis and a durable PostgreSQL, removed at the end). `prefill_n`:
     one level only (as `make bench` asks). `prefill`, `prefilled` and `ratios` are the largest level's."""
     levels = [prefill_n] if prefill_n else list(levels)
@@ -377,6 +435,8 @@ def run(*, records_n: int = 100_000, levels: Sequence[int] = (10_000_000, 50_000
     postgres = PostgresServer().start()
     try:
         migrate(postgres.url)
+        if traced:
+            load_statements(postgres)
         env = {**os.environ, "HOOKSTREAM_REDIS_URL": redis_server.url, "HOOKSTREAM_DATABASE_URL": postgres.url,
                "HOOKSTREAM_LOG_LEVEL": "WARNING"}
         settings = Settings.from_env(env)
@@ -386,25 +446,24 @@ def run(*, records_n: int = 100_000, levels: Sequence[int] = (10_000_000, 50_000
             "records": records_n, "levels": list(levels), "rate": rate, "paced_s": paced_s, "worker_processes": 1,
             "postgres": "embedded PostgreSQL 15, initdb defaults (shared_buffers 128MB), fsync on"}}
         log("empty database")
-        results["empty"] = measure(env, settings, redis, postgres, pid, records_n, rate, paced_s, 0, log)
+        results["empty"] = measure(env, settings, redis, postgres, pid, records_n, rate, paced_s, 0, log, drains, traced)
         results["levels"], results["ratios_by_level"] = {}, {}
-        have, first = 0, 10 * records_n
+        have, first = 0, 10 * drains * records_n
         empty = results["empty"]
         for level in levels:
             log(f"growing to {level:,} events")
             grown = grow(postgres, have, level, log)
             have = level
             log(f"{level:,} events")
-            state = measure(env, settings, redis, postgres, pid, records_n, rate, paced_s, first, log)
-            first += 10 * records_n
+            state = measure(env, settings, redis, postgres, pid, records_n, rate, paced_s, first, log, drains, traced)
+            first += 10 * drains * records_n
             results["levels"][str(level)] = {"prefill": grown, **state}
             results["ratios_by_level"][str(level)] = {
-                "events_per_s_prefilled_vs_empty": ratio(state["drain"]["events_per_s"],
-                                                         empty["drain"]["events_per_s"]),
+                "events_per_s_prefilled_vs_empty": ratio(state["events_per_s"], empty["events_per_s"]),
                 "p99_prefilled_vs_empty": ratio(state["paced"]["ingest_to_commit_ms"]["p99"],
                                                 empty["paced"]["ingest_to_commit_ms"]["p99"]),
-                "postgres_cpu_us_prefilled_vs_empty": ratio(state["drain"]["cpu_us_per_entry"]["postgres"],
-                                                            empty["drain"]["cpu_us_per_entry"]["postgres"]),
+                "postgres_cpu_us_prefilled_vs_empty": ratio(state["postgres_cpu_us_per_entry"],
+                                                            empty["postgres_cpu_us_per_entry"]),
             }
             log(f"ratios at {level:,}: {results['ratios_by_level'][str(level)]}")
             results["prefill"] = {"events": level, "disk": state["disk"]}
@@ -429,13 +488,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--paced-s", type=float, default=20.0)
     parser.add_argument("--messages", type=int, default=LOOKUP_MESSAGES, help="message_status rows for the lookups")
+    parser.add_argument("--drains", type=int, default=1, help="drains per state (their mean makes the ratio)")
+    parser.add_argument("--statements", action="store_true", help="pg_stat_statements: each drain's top statements")
     parser.add_argument("--no-lookups", action="store_true")
     parser.add_argument("--no-drop", action="store_true")
     parser.add_argument("--out", default="bench/out/postgres_growth.json")
     args = parser.parse_args()
     results = run(records_n=args.records, levels=[int(v) for v in args.levels.split(",") if v],
                   rate=args.rate, paced_s=args.paced_s, lookups=not args.no_lookups, drop=not args.no_drop,
-                  messages=args.messages,
+                  messages=args.messages, drains=args.drains, traced=args.statements,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
     write_json(Path(args.out), results)
     return 0
