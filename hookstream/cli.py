@@ -51,7 +51,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         print("\n".join(plan(settings.database_url_or_default(), settings.archive_retention_s,
                               settings.events_retention_s)))
         return 0
-    applied = migrate(settings.database_url_or_default(), settings.archive_retention_s, settings.events_retention_s)
+    applied = migrate(settings.database_url_or_default(), settings.archive_retention_s, settings.events_retention_s,
+                      status_history_retention_s=settings.status_history_retention_s)
     log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
     return 0
 

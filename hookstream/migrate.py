@@ -12,7 +12,7 @@ import psycopg
 from hookstream import convert_events
 from shared import connections
 from workers import archive
-from workers.event_partitions import EVENTS
+from workers.event_partitions import EVENTS, STATUS_HISTORY
 
 LOCK_ID = 0x686F6F6B  # "hook"
 ARCHIVE_RETENTION_S = 30 * 86400
@@ -36,7 +36,7 @@ def pending(conn: psycopg.Connection, until: str | None = None) -> list[tuple[st
 
 def migrate(database_url: str, archive_retention_s: int = ARCHIVE_RETENTION_S,
             events_retention_s: int = EVENTS_RETENTION_S, *, until: str | None = None,
-            convert: bool = True) -> list[str]:
+            convert: bool = True, status_history_retention_s: int = EVENTS_RETENTION_S) -> list[str]:
     """Apply what is missing, convert events when a migration asked for it (unless `convert` is
     False), and make the coming partitions; returns the names applied now. `until`: stop after
     that migration (tests start from an older schema)."""
@@ -59,6 +59,7 @@ def migrate(database_url: str, archive_retention_s: int = ARCHIVE_RETENTION_S,
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
         archive.maintain(conn, archive_retention_s)
         EVENTS.maintain(conn, events_retention_s)
+        STATUS_HISTORY.maintain(conn, status_history_retention_s)
     return applied_now
 
 
@@ -71,7 +72,8 @@ def plan(database_url: str, archive_retention_s: int = ARCHIVE_RETENTION_S,
         lines += [f"apply migration {name}" for name in names] or ["migrations: up to date"]
         lines += convert_events.plan(conn)
         today = datetime.now(UTC).date()
-        for spec, retention_s in ((archive.ARCHIVE, archive_retention_s), (EVENTS, events_retention_s)):
+        for spec, retention_s in ((archive.ARCHIVE, archive_retention_s), (EVENTS, events_retention_s),
+                                  (STATUS_HISTORY, events_retention_s)):
             if not spec.is_partitioned(conn):  # not made yet, or events before its conversion (above)
                 continue
             create, drop = spec.plan(spec.existing(conn), today, max(1, retention_s // 86400))

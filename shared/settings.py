@@ -104,6 +104,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _receipt_expiry_s(env: Mapping[str, str]) -> dict[str, int]:
+    """HOOKSTREAM_RECEIPT_EXPIRY (default 72h), overridden per provider by HOOKSTREAM_<P>_RECEIPT_EXPIRY:
+    validity periods differ between providers."""
+    default = _duration_s(env, "HOOKSTREAM_RECEIPT_EXPIRY", 72 * 3600)
+    return {p: _duration_s(env, f"HOOKSTREAM_{p.upper()}_RECEIPT_EXPIRY", default) for p in PROVIDERS}
+
+
 def _duration_s(env: Mapping[str, str], name: str, default: int) -> int:
     """Seconds, or a number with a unit (the one grammar of shared.times): 3600, 90s, 30m, 24h, 7d, 1w."""
     raw = env.get(name, "").strip()
@@ -262,6 +269,9 @@ class Settings:
     events_retention_s: int = 400 * 86400  # events live in weekly partitions, dropped whole past this
     dedupe_horizon_s: int = 90 * 86400  # how long a dedupe key stops a redelivery: past any provider's retries
     status_retention_s: int = 400 * 86400  # final message_status rows, by when we received their status
+    status_history_retention_s: int = 400 * 86400  # every report of a message, in weekly partitions like events
+    # A message still queued/sent this long after its status becomes expired (no_receipt): per provider.
+    receipt_expiry_s: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(PROVIDERS, 72 * 3600))
     consent_evidence_retention_s: int = 5 * 365 * 86400  # consent_changes; consent itself is never dropped
     default_region: str | None = None
     opt_out_reach: str = "scope"  # scope: an opt-out reaches its own scope; all: every scope of the subject
@@ -331,6 +341,8 @@ class Settings:
             dedupe_horizon_s=_duration_s(env, "HOOKSTREAM_DEDUPE_HORIZON", 90 * 86400),
             status_retention_s=_duration_s(env, "HOOKSTREAM_STATUS_RETENTION", 400 * 86400),
             consent_evidence_retention_s=_duration_s(env, "HOOKSTREAM_CONSENT_EVIDENCE_RETENTION", 5 * 365 * 86400),
+            status_history_retention_s=_duration_s(env, "HOOKSTREAM_STATUS_HISTORY_RETENTION", 400 * 86400),
+            receipt_expiry_s=_receipt_expiry_s(env),
             default_region=(env.get("HOOKSTREAM_DEFAULT_REGION", "").strip().upper() or None),
             opt_out_reach=_choice(env, "HOOKSTREAM_OPT_OUT_REACH", ("scope", "all"), "scope"),
             erasure_key=_secret(env, "HOOKSTREAM_ERASURE_KEY"),

@@ -82,6 +82,22 @@ class StatusRow(NamedTuple):
     event_key: Text
 
 
+class HistoryRow(NamedTuple):
+    event_key: Text
+    provider: Text
+    message_ref: Text
+    recipient: Text
+    status: Text
+    status_rank: Int2
+    provider_status: Text
+    provider_reason: Text
+    reason: Text
+    status_at: Timestamptz
+    order_at: Timestamptz
+    received_at: Timestamptz
+    stream_id: Text
+
+
 class DeadRow(NamedTuple):
     stream_id: Text
     provider: Text
@@ -112,7 +128,7 @@ class ArchiveRow(NamedTuple):
 
 TABLES: dict[str, type[Any]] = {
     "events": EventRow, "event_keys": KeyRow, "message_status": StatusRow, "dead_letters": DeadRow,
-    "raw_archive": ArchiveRow,
+    "raw_archive": ArchiveRow, "status_history": HistoryRow,
 }
 
 
@@ -131,6 +147,7 @@ def _insert(table: str) -> str:
 
 EVENT_COLUMNS = EventRow._fields
 STATUS_COLUMNS = StatusRow._fields
+HISTORY_COLUMNS = HistoryRow._fields
 DEAD_COLUMNS = DeadRow._fields
 ARCHIVE_COLUMNS = ArchiveRow._fields
 
@@ -176,6 +193,17 @@ STATUS_SQL = (
     " WHERE excluded.status_rank > message_status.status_rank"
     " OR (excluded.status_rank = message_status.status_rank"
     " AND (excluded.order_at, excluded.received_at) > (message_status.order_at, message_status.received_at))"
+)
+
+# Every report, not only the winner: one row per event, so a replay or a redelivery adds none and a
+# replay through a corrected normalizer corrects its row.
+HISTORY_REPLAYED = ("status", "status_rank", "provider_status", "provider_reason", "reason", "status_at", "order_at")
+HISTORY_SQL = (
+    _insert("status_history")
+    + " ON CONFLICT (event_key, received_at) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in HISTORY_REPLAYED)
+    + " WHERE (" + ", ".join(f"status_history.{c}" for c in HISTORY_REPLAYED)
+    + ") IS DISTINCT FROM (" + ", ".join(f"excluded.{c}" for c in HISTORY_REPLAYED) + ")"
 )
 
 DEAD_SQL = (
@@ -352,6 +380,21 @@ def status_winners(items: list[tuple[Event, Arrival]]) -> list[Row]:
     return [best[key][1] for key in sorted(best)]
 
 
+def history_rows(items: list[tuple[Event, Arrival]]) -> list[Row]:
+    """One row (a HistoryRow's fields) per status report of a message, each at its first delivery's time."""
+    rows = []
+    for event, record in items:
+        if event.kind is not Kind.STATUS or event.status is None or not event.message_ref:
+            continue
+        rows.append((
+            event.dedupe_key, event.provider, clean(event.message_ref), clean(event.phone) or "", str(event.status),
+            STATUS_RANK[event.status], clean(event.provider_status), clean(event.provider_reason),
+            event.reason and str(event.reason), event.occurred_at, event.occurred_at or record.received_at,
+            record.received_at, record.stream_id,
+        ))
+    return rows
+
+
 def _dead_row(entry: Entry) -> DeadRow:
     """Dead letters are rare: their rows are built by name."""
     record, fields = entry.record, entry.fields
@@ -385,6 +428,9 @@ def write_entries(conn: psycopg.Connection, entries: list[Entry], *, replay: boo
             if statuses:
                 cur.execute(STATUS_SQL, _columns(statuses, len(STATUS_COLUMNS)))
                 result.statuses = max(cur.rowcount, 0)
+            history = history_rows(signals)
+            if history:
+                cur.execute(HISTORY_SQL, _columns(history, len(HISTORY_COLUMNS)))
             result.changes = consent.apply(cur, signals, reach)
             result.consent_changes = len(result.changes)
         archived = [_archive_row(entry.record) for entry in entries if entry.record is not None]

@@ -22,7 +22,7 @@ from shared.settings import Settings
 from shared.shards import Shard, layout
 from shared.streamids import id_to_tuple
 from workers import archive, publisher
-from workers.event_partitions import EVENTS
+from workers.event_partitions import EVENTS, STATUS_HISTORY
 from workers.retention import Retention
 
 log = logging.getLogger("hookstream.upkeep")
@@ -163,6 +163,8 @@ def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task,
                                      settings.archive_retention_s)),
         Row(EVENTS_PARTITIONS_EVERY_S, partial(EVENTS.maintain_url, settings.database_url_or_default(),
                                                settings.events_retention_s)),
+        Row(EVENTS_PARTITIONS_EVERY_S, partial(STATUS_HISTORY.maintain_url, settings.database_url_or_default(),
+                                               settings.status_history_retention_s)),
         Row(KEYS_RETENTION_EVERY_S, retention.event_keys),
         Row(STATUS_RETENTION_EVERY_S, retention.statuses),
         Row(EVIDENCE_RETENTION_EVERY_S, retention.consent_evidence),
