@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from api import access, clock, cursor, deactivations, inputs, queries, records, replica, review
+from api import access, clock, cursor, deactivations, inputs, messages, queries, records, replica, review
 from api.answers import NOT_ALLOWED, answer
 from api.auth import ApiTokens, BearerAuth, token_label
 from api.dashboard import PUBLIC_PATHS, Dashboard
@@ -417,6 +417,8 @@ def create_app(settings: Settings, tokens: ApiTokens, *, pool: AsyncConnectionPo
         Route("/v1/subjects/{subject}/export", export_subject, methods=["GET"]),
         Route("/v1/subjects/{subject}", erase_subject, methods=["DELETE"]),
         Route("/v1/consent/{subject}", lookup, methods=["GET"]),
+        Route("/v1/messages", messages.search, methods=["GET"]),
+        Route("/v1/messages/{provider}/{message_ref:path}", messages.show, methods=["GET"]),
         *dash.routes(),  # the dashboard checks its own session cookie or bearer token
     ]
     handlers: dict[Any, Handler] = {

@@ -11,6 +11,8 @@ from typing import Any
 from api.inputs import DECISIONS, MAX_SUBJECTS
 from api.records import EVIDENCE_FIELDS, MAX_EVIDENCE_CHARS, MAX_ID_CHARS, MAX_RECORDS, MAX_SOURCE_CHARS
 from api.subjects import MAX_SCOPE_CHARS, MAX_SUBJECT_CHARS
+from shared.settings import PROVIDERS
+from shared.timeline import MAX_LIMIT
 
 # stale: opted in before the number was reported disconnected or reassigned (not allowed).
 STATES = ["opted_in", "opted_out", "stale", "unknown"]
@@ -178,6 +180,50 @@ ERASURE = {
 }
 
 
+TIMELINE_STEP = {
+    "type": "object", "additionalProperties": False,
+    "required": ["recipient", "status", "reason", "provider_status", "provider_reason", "provider_time", "received_at",
+                 "decided_by", "outcome", "why", "late", "event_key", "archive"],
+    "properties": {
+        "recipient": {**TEXT, "description": "E.164 ('' when the provider does not name it)"},
+        "status": {"type": "string", "enum": ["queued", "sent", "delivered", "failed", "expired", "rejected",
+                                              "unknown"]},
+        "reason": _nullable({**TEXT, "description": "normalized: invalid_number, blocked, opted_out, expired,"
+                                                    " other, no_receipt"}),
+        "provider_status": _nullable({**TEXT, "description": "the provider's own status, verbatim"}),
+        "provider_reason": _nullable({**TEXT, "description": "the provider's own reason, verbatim"}),
+        "provider_time": _nullable(TIME), "received_at": TIME,
+        "decided_by": {"type": "string", "enum": ["provider", "hookstream"],
+                       "description": "hookstream: our receipt expiry, not a report"},
+        "outcome": {"type": "string", "enum": ["current", "superseded", "repeat"],
+                    "description": "what the monotonic status rule made of this report"},
+        "why": TEXT, "late": {"type": "boolean", "description": "arrived after a report later in provider time"},
+        "event_key": TEXT,
+        "archive": _nullable({**TEXT, "description": "the raw request: raw_archive's received_at/stream_id"}),
+    },
+}
+
+TIMELINE = {
+    "type": "object", "additionalProperties": False, "required": ["provider", "message_ref", "statuses"],
+    "properties": {"provider": TEXT, "message_ref": TEXT,
+                   "statuses": {"type": "array", "items": {"$ref": "#/components/schemas/TimelineStep"},
+                                "description": "per recipient, in provider-time order (then receive time)"}},
+}
+
+MESSAGE_PAGE = {
+    "type": "object", "additionalProperties": False, "required": ["messages", "next", "has_more"],
+    "properties": {
+        "messages": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["provider", "message_ref", "recipient", "status", "reason", "status_at", "received_at"],
+            "properties": {"provider": TEXT, "message_ref": TEXT, "recipient": TEXT, "status": TEXT,
+                           "reason": _nullable(TEXT), "status_at": _nullable(TIME), "received_at": TIME}}},
+        "next": _nullable({**TEXT, "description": "pass as `cursor` for the next page; null on the last"}),
+        "has_more": {"type": "boolean"},
+    },
+}
+
+
 def _page(item: dict[str, Any], key: str) -> dict[str, Any]:
     return {
         "type": "object", "additionalProperties": False, "required": [key, "next", "has_more"],
@@ -224,7 +270,8 @@ def document() -> dict[str, Any]:
                         "ReviewItem": REVIEW_ITEM, "Change": CHANGE, "DecisionRequest": DECISION_REQUEST,
                         "Decision": DECISION, "ImportRequest": IMPORT_REQUEST, "ImportResult": IMPORT_RESULT,
                         "DeactivationRequest": DEACTIVATION_REQUEST, "DeactivationResult": DEACTIVATION_RESULT,
-                        "Export": EXPORT, "Erasure": ERASURE},
+                        "Export": EXPORT, "Erasure": ERASURE, "TimelineStep": TIMELINE_STEP,
+                        "Timeline": TIMELINE, "MessagePage": MESSAGE_PAGE},
             "responses": ERROR_RESPONSES,
         },
         "security": [{"bearer": []}],
@@ -300,6 +347,40 @@ def document() -> dict[str, Any]:
                 "summary": "erase a person: the number and texts become a keyed hash everywhere (audited, idempotent)",
                 "parameters": [SUBJECT],
                 "responses": {"200": _json({"$ref": "#/components/schemas/Erasure"}, "erased"),
+                              **_errors(401, 404, 422, 503)},
+            }},
+            "/v1/messages": {"get": {
+                "operationId": "searchMessages",
+                "summary": "messages by provider message id, phone number (any notation), provider and time range,"
+                           " newest first",
+                "parameters": [
+                    {"name": "ref", "in": "query", "required": False, "description": "the provider's message id",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+                    {"name": "phone", "in": "query", "required": False,
+                     "description": "a phone number, parsed as the ingress parses it",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 64}},
+                    {"name": "provider", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": list(PROVIDERS)}},
+                    *({"name": name, "in": "query", "required": False,
+                       "description": "ISO-8601, today, yesterday or an age (2h)",
+                       "schema": {"type": "string", "minLength": 1, "maxLength": 40}} for name in ("since", "until")),
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}},
+                    {"name": "cursor", "in": "query", "required": False, "description": "the `next` of a previous page",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 1024}},
+                ],
+                "responses": {"200": _json({"$ref": "#/components/schemas/MessagePage"}, "a page"),
+                              **_errors(401, 422, 503)},
+            }},
+            "/v1/messages/{provider}/{message_ref}": {"get": {
+                "operationId": "showMessage", "summary": "every status report of a message, and which one is current",
+                "parameters": [
+                    {"name": "provider", "in": "path", "required": True,
+                     "schema": {"type": "string", "enum": list(PROVIDERS)}},
+                    {"name": "message_ref", "in": "path", "required": True, "description": "the provider's message id",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+                ],
+                "responses": {"200": _json({"$ref": "#/components/schemas/Timeline"}, "the timeline"),
                               **_errors(401, 404, 422, 503)},
             }},
             "/openapi.json": {"get": {

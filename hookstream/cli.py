@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import redis.exceptions
 
-from hookstream import api, consent_cli, dead_letters, local_state, send_test, stats, status
+from hookstream import api, consent_cli, dead_letters, local_state, message, send_test, stats, status
 from shared import logs
 from shared.errors import ConfigError
 from shared.reports import first_line
@@ -220,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_replay)
 
     # Each command module adds its own subcommand.
-    for command in (status, dead_letters, stats, api, send_test, consent_cli):
+    for command in (status, dead_letters, stats, api, send_test, consent_cli, message):
         command.register(sub)
 
     p = sub.add_parser("run", help="run everything; embedded Redis and Postgres when no URLs are set")
@@ -233,7 +233,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-NEEDS_SERVERS = frozenset({"dispatch", "worker", "replay", "status", "dead-letters", "stats", "api", "migrate"})
+NEEDS_SERVERS = frozenset({"dispatch", "worker", "replay", "status", "dead-letters", "stats", "api", "migrate",
+                           "message"})
 
 
 def find_local_profile(command: str, environ: dict[str, str] | os._Environ[str]) -> Path | None:

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.errors import ParseError
+from shared.phones import normalize_phone
+from shared.times import parse_moment
+
 TIMELINE_COLUMNS = ("event_key", "provider", "message_ref", "recipient", "status", "status_rank", "provider_status",
                     "provider_reason", "reason", "status_at", "order_at", "received_at", "stream_id", "decided_by")
 # Served by status_history_timeline; ordered as the design orders statuses: provider time, then receive time.
@@ -145,6 +149,28 @@ class Search:
     until: datetime | None = None
     limit: int = 50
     after: tuple[datetime, str, str, str] | None = None  # the last row of the previous page
+
+
+def search_of(*, ref: str | None = None, phone: str | None = None, provider: str | None = None,
+              since: str | None = None, until: str | None = None, limit: int = 50, cursor: str | None = None,
+              default_region: str | None = None, providers: Sequence[str] = ()) -> Search:
+    """A Search from what a person typed (API query, command line, search box): a phone number in any
+    notation is parsed as the ingress parses it; times in the commands' grammar (ISO, `today`, `2h`)."""
+    if provider is not None and providers and provider not in providers:
+        raise BadQuery(f"provider {provider[:40]!r} is not one of {', '.join(providers)}")
+    number = None
+    if phone is not None:
+        number = normalize_phone(phone.strip(), default_region)
+        if not number or not number.startswith("+"):
+            raise BadQuery(f"phone {phone[:40]!r} is not a number in international form"
+                           " (or a national one with HOOKSTREAM_DEFAULT_REGION set)")
+    try:
+        start = parse_moment(since) if since else None
+        end = parse_moment(until) if until else None
+    except ParseError as exc:
+        raise BadQuery(str(exc)) from None
+    return Search(message_ref=ref.strip() if ref else None, phone=number, provider=provider, since=start, until=end,
+                  limit=limit, after=decode_cursor(cursor) if cursor else None)
 
 
 def search_sql(search: Search) -> tuple[str, list[Any]]:

@@ -80,7 +80,8 @@ def running_api(settings: Settings, clean: psycopg.Connection, tmp_path: Path) -
 OPERATIONS = [("GET", "/v1/consent/{subject}"), ("POST", "/v1/consent/check"), ("GET", "/v1/consent/review"),
               ("POST", "/v1/consent/review/{event_id}"), ("GET", "/v1/consent/changes"),
               ("POST", "/v1/consent/records"), ("POST", "/v1/consent/deactivations"),
-              ("GET", "/v1/subjects/{subject}/export"), ("DELETE", "/v1/subjects/{subject}")]
+              ("GET", "/v1/subjects/{subject}/export"), ("DELETE", "/v1/subjects/{subject}"),
+              ("GET", "/v1/messages"), ("GET", "/v1/messages/{provider}/{message_ref}")]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
