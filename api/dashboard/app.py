@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import ApiTokens, bearer
-from api.dashboard import data
+from api.dashboard import data, messages
 from api.dashboard.cache import TTLCache
 from api.dashboard.review import Decider, api_decider
 from api.dashboard.session import (
@@ -71,7 +71,7 @@ SECTIONS = ("flow", "deliverability", "consent")
 MAX_FORM_BYTES = 4096
 BIGINT_MAX = 2**63 - 1  # dead_letters.id is a bigint
 
-PAGE_PATHS = ("/", "/login", "/logout", "/dashboard/review", "/dashboard/dead-letters")
+PAGE_PATHS = ("/", "/login", "/logout", "/dashboard/review", "/dashboard/dead-letters", messages.PATH)
 DATA_PATHS = tuple(f"/dashboard/data/{s}" for s in SECTIONS)
 PARTIAL_PATHS = tuple(f"/dashboard/partial/{s}" for s in SECTIONS)
 STATIC_FILES = tuple(sorted(p.name for p in STATIC.iterdir() if p.is_file()))
@@ -404,6 +404,7 @@ class Dashboard:
             Route("/logout", self.logout, methods=["POST"], middleware=headers),
             Route("/dashboard/review", self.review, methods=["POST"], middleware=headers),
             Route("/dashboard/dead-letters", self.dead_letters, methods=["GET"], middleware=headers),
+            Route(messages.PATH, partial(messages.page, self), methods=["GET"], middleware=headers),
             *(Route(path, self.data, methods=["GET"], middleware=headers) for path in DATA_PATHS),
             *(Route(path, self.partial, methods=["GET"], middleware=headers) for path in PARTIAL_PATHS),
             Mount(STATIC_PREFIX, app=StaticFiles(directory=str(STATIC)), name="dashboard-static",
