@@ -86,9 +86,12 @@ def timeline(rows: Iterable[Report]) -> list[Step]:
 
 
 def _judge(report: Report, winner: Report, before: Report | None) -> tuple[str, str]:
-    who = "hookstream's decision" if report.decided_by == "hookstream" else "the provider's report"
     if report is winner:
-        return "current", f"{who}: the highest rank, and the latest in provider time within it"
+        if report.decided_by == "hookstream":
+            return "current", "hookstream's decision: no receipt came within the receipt expiry"
+        return "current", "the provider's report: the highest rank, and the latest in provider time within it"
+    if report.decided_by == "hookstream":
+        return "superseded", f"hookstream's expiry gives way to the provider's later {winner.status}"
     if before is not None and (before.status, before.provider_status) == (report.status, report.provider_status):
         return "repeat", f"the same status as the report before it ({report.status})"
     if report.status_rank < winner.status_rank:

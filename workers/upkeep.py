@@ -21,7 +21,7 @@ from shared import connections
 from shared.settings import Settings
 from shared.shards import Shard, layout
 from shared.streamids import id_to_tuple
-from workers import archive, publisher
+from workers import archive, expiry, publisher
 from workers.event_partitions import EVENTS, STATUS_HISTORY
 from workers.retention import Retention
 
@@ -35,6 +35,7 @@ EVENTS_PARTITIONS_EVERY_S = 3600.0
 KEYS_RETENTION_EVERY_S = 15.0
 STATUS_RETENTION_EVERY_S = 3600.0
 EVIDENCE_RETENTION_EVERY_S = 86400.0
+RECEIPT_EXPIRY_EVERY_S = 300.0
 
 Task = Callable[[], object]
 Clock = Callable[[], float]
@@ -168,6 +169,8 @@ def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task,
         Row(KEYS_RETENTION_EVERY_S, retention.event_keys),
         Row(STATUS_RETENTION_EVERY_S, retention.statuses),
         Row(EVIDENCE_RETENTION_EVERY_S, retention.consent_evidence),
+        Row(RECEIPT_EXPIRY_EVERY_S, partial(expiry.sweep_url, settings.database_url_or_default(),
+                                            settings.receipt_expiry_s)),
     ]
 
 

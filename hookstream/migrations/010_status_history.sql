@@ -42,5 +42,5 @@ CREATE INDEX message_status_search_ref ON message_status (message_ref);
 CREATE INDEX message_status_search_recipient ON message_status (recipient, received_at DESC);
 -- By provider and time range.
 CREATE INDEX message_status_search_provider_time ON message_status (provider, received_at DESC);
--- Receipt expiry: messages still queued or sent, oldest first (workers/expiry.py).
-CREATE INDEX message_status_expiry_pending ON message_status (order_at) WHERE status IN ('queued', 'sent');
+-- Receipt expiry: each provider's messages still queued or sent, oldest first (workers/expiry.py).
+CREATE INDEX message_status_expiry_pending ON message_status (provider, order_at) WHERE status IN ('queued', 'sent');
