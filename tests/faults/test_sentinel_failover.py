@@ -109,6 +109,8 @@ def kill_primary(group: SentinelGroup, load: Load) -> Failover:
     wait_until(lambda: bool(answered_200()), 120, "a 200 to a request sent after the kill")
     back = min(answered_200())
     meanwhile = load.answers_within(killed, back)
+    count("sentinel_primary_kills")
+    FIGURES["sentinel_kill_to_200_ms_max"] = max(FIGURES["sentinel_kill_to_200_ms_max"], round((back - killed) * 1000))
     return Failover(old, new, round(promoted - killed, 2), round(back - killed, 2), dict(sorted(meanwhile.items())))
 
 
@@ -219,6 +221,7 @@ def test_primary_killed_with_replica_acks_every_200_is_committed_once(
     counted = tally(pipeline, load.acked)
     assert not counted.lost, f"{len(counted.lost)} requests answered 200 are not committed: {counted.lost[:10]}"
     assert not counted.doubled, f"{len(counted.doubled)} requests committed twice: {counted.doubled[:10]}"
+    count("sentinel_kill_lost_replicas_1", len(counted.lost))
     SCENARIOS[label].update(promoted_s=failover.promoted_s, back_s=failover.back_s,
                             answers_during_failover=failover.answers_meanwhile,
                             requests_lost=len(counted.lost), requests_doubled=len(counted.doubled))
@@ -298,7 +301,7 @@ def test_primary_killed_without_replica_acks_loss_is_measured(
                             answers_during_failover=[f.answers_meanwhile for f in failovers],
                             acknowledged_missing_from_new_primary=lost_by_redis,
                             requests_lost=len(counted.lost), requests_doubled=len(counted.doubled))
-    count("sentinel_acknowledged_lost_without_replica_acks", len(counted.lost))
+    count("sentinel_kill_lost_replicas_0", len(counted.lost))
     print(f"\n{label}: acknowledged then missing from the new primary per kill {lost_by_redis};"
           f" not committed at the end {len(counted.lost)} of {len(load.acked)}; failovers {failovers}")
 
@@ -335,6 +338,8 @@ def test_sentinel_failover_command_what_the_old_primary_took(
     SCENARIOS[label].update(promoted_s=round(promoted - asked, 2), demoted_s=round(back - asked, 2),
                             acknowledged_missing_from_new_primary=len(missing),
                             requests_lost=len(counted.lost), requests_doubled=len(counted.doubled))
+    count(f"sentinel_failover_cmd_discarded_replicas_{append_replicas}", len(missing))
+    count(f"sentinel_failover_cmd_lost_replicas_{append_replicas}", len(counted.lost))
     print(f"\n{label}: promoted after {promoted - asked:.2f} s, old primary a replica after {back - asked:.2f} s;"
           f" acknowledged then missing from the new primary {len(missing)}; not committed at the end"
           f" {len(counted.lost)} of {len(load.acked)}")
