@@ -64,6 +64,8 @@ IN_CI = bool(os.environ.get("CI"))
 # The oldest Kubernetes these manifests are meant for, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.29", latest_version())
 KEDA_GROUP = "keda.sh"
+# Kinds of these API groups are checked against the CRDs in crds/, not by kubernetes-validate.
+CUSTOM_GROUPS = frozenset({KEDA_GROUP, "monitoring.coreos.com"})
 # The image deploy/Dockerfile builds (`make image`): the manifests name it without a tag, which
 # kustomization.yaml's `images:` sets to pyproject.toml's version; compose.yaml names it with that tag.
 IMAGE = "hookstream"
@@ -331,7 +333,7 @@ def test_kubectl_kustomize_builds_every_object() -> None:
 def test_builtin_kinds_validate_strictly_against_kubernetes_schemas(version: str) -> None:
     errors, validated = [], set()
     for doc in manifests():
-        if doc["apiVersion"].split("/")[0] == KEDA_GROUP:
+        if doc["apiVersion"].split("/")[0] in CUSTOM_GROUPS:
             continue
         name = f"{doc['kind']}/{doc['metadata']['name']}"
         try:
@@ -359,7 +361,7 @@ def test_kubernetes_validate_cli_runs_offline() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # It only warns about the kinds it has no schema for: the KEDA ones, checked below.
     for line in result.stdout.splitlines():
-        assert line.startswith("WARN ") and "api version keda.sh/v1alpha1" in line, line
+        assert line.startswith("WARN ") and any(f"api version {group}/" in line for group in CUSTOM_GROUPS), line
 
 
 def test_kubernetes_validate_refuses_a_misspelt_field() -> None:
@@ -424,7 +426,8 @@ def test_crds_are_valid_custom_resource_definitions() -> None:
                 for index, item in enumerate(node):
                     walk(item, f"{where}[{index}]")
         walk(crd["spec"]["versions"], "versions")
-    assert set(crd_validators()) >= {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
+    assert set(crd_validators()) >= {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication"),
+                                     ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 def test_keda_objects_validate_against_the_crd_schemas() -> None:
@@ -432,6 +435,14 @@ def test_keda_objects_validate_against_the_crd_schemas() -> None:
     assert {doc["kind"] for doc in keda} == {"ScaledObject", "TriggerAuthentication"}
     errors = [f"{doc['kind']}/{doc['metadata']['name']}: {error}" for doc in keda for error in keda_errors(doc)]
     assert not errors, "\n".join(errors)
+
+
+def test_the_prometheus_rule_validates_against_its_crd_schema() -> None:
+    [rule] = [doc for doc in manifests() if doc["apiVersion"].split("/")[0] == "monitoring.coreos.com"]
+    assert keda_errors(rule) == []
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][0]["rules"][0]["fro"] = broken["spec"]["groups"][0]["rules"][0].pop("for")
+    assert "'fro' was unexpected" in "\n".join(keda_errors(broken))
 
 
 def test_crd_schema_refuses_misspelt_fields_and_numeric_trigger_parameters() -> None:

@@ -38,8 +38,8 @@ from shared.errors import ConfigError
 from shared.settings import Settings
 from tests.deploy.test_manifests import (
     AUTH_PARAMETERS,
+    CUSTOM_GROUPS,
     DEPLOY,
-    KEDA_GROUP,
     KUBERNETES_VERSIONS,
     TRIGGER_PARAMETERS,
     WORKLOAD_KINDS,
@@ -144,7 +144,7 @@ def test_overlay_builds_the_base_objects_and_they_validate(mode: str) -> None:
     errors = []
     for doc in built(mode):
         where = f"{doc['kind']}/{doc['metadata']['name']}"
-        if doc["apiVersion"].split("/")[0] == KEDA_GROUP:
+        if doc["apiVersion"].split("/")[0] in CUSTOM_GROUPS:
             errors += [f"{where}: {error}" for error in keda_errors(doc)]
             continue
         for version in KUBERNETES_VERSIONS:
