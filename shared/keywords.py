@@ -25,6 +25,12 @@ OPT_OUTS = frozenset({Outcome.OPT_OUT, Outcome.OPT_OUT_ALL})
 # ~3,500 common Chinese characters); texts walking through all of Unicode (1.1 million code points,
 # ~245 MB if all were kept) empty a full table and start again. Full, a table holds ~1.5 MB.
 CHAR_MEMO_ENTRIES = 8192
+# Texts a policy remembers the verdict of (emptied when full): replies repeat (STOP, Yes, Stop please),
+# and matching one costs 2–12 µs (a near-miss search is the dearest). Only short texts are kept:
+# a verdict holds the text's tokens, up to ~3 kB for 64 characters of one-letter words in a
+# non-Latin script, so a full memo holds ~6 MB at most (tests/shared/test_memory_bounds.py).
+MATCH_MEMO_ENTRIES = 2048
+MATCH_MEMO_MAX_CHARS = 64
 
 
 class _CharMap(dict[int, str | None]):
@@ -110,6 +116,7 @@ class KeywordPolicy:
     _collapsed: Mapping[str, str] = field(init=False, repr=False, compare=False, hash=False)
     _swapped: Mapping[str, str] = field(init=False, repr=False, compare=False, hash=False)
     _long: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False, hash=False)
+    _memo: dict[tuple[str, frozenset[str]], Match] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         keywords = {_phrase(k): Outcome(v) for k, v in self.keywords.items()}
@@ -136,6 +143,7 @@ class KeywordPolicy:
             "_starts": frozenset(words[0] for words in multi), "_longest": max(map(len, multi), default=1),
             "_compact": MappingProxyType(compact), "_collapsed": MappingProxyType(collapsed),
             "_swapped": MappingProxyType(swapped), "_long": tuple((w, p) for w, p in compact.items() if len(w) >= 6),
+            "_memo": {},
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -218,7 +226,22 @@ def _leased_forms(leased: frozenset[str]) -> frozenset[str]:
 
 
 def classify(text: str | None, policy: KeywordPolicy, leased: frozenset[str] = frozenset()) -> Match:
-    """Classify one inbound text (§1), given the scope's leased keywords on a shared short code."""
+    """Classify one inbound text (§1), given the scope's leased keywords on a shared short code.
+
+    A verdict depends on nothing else, so the policy remembers it for short texts (MATCH_MEMO_*)."""
+    if not text or len(text) > MATCH_MEMO_MAX_CHARS:
+        return _classify(text, policy, leased)
+    key = (text, frozenset(leased))
+    found = policy._memo.get(key)
+    if found is None:
+        found = _classify(text, policy, leased)
+        if len(policy._memo) >= MATCH_MEMO_ENTRIES:
+            policy._memo.clear()
+        policy._memo[key] = found
+    return found
+
+
+def _classify(text: str | None, policy: KeywordPolicy, leased: frozenset[str]) -> Match:
     tokens = tuple(normalize(text)) if text else ()
     if not tokens:
         return Match(Outcome.NONE, rule="empty")

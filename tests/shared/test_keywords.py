@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared import keywords
 from shared.events import Outcome
 from shared.keywords import KeywordPolicy, Match, classify, normalize
 
@@ -244,3 +245,16 @@ def test_classify_never_raises(text: str, leased: frozenset[str]) -> None:
 @given(st.lists(st.sampled_from(["stop", "STOP", "please", "all", "start", "x", "s", "36180", " ", "!", "é"])))
 def test_classify_never_raises_on_keyword_soup(words: list[str]) -> None:
     assert isinstance(classify(" ".join(words), POLICY).outcome, Outcome)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=70), st.frozensets(st.sampled_from(["foo", "bar"]), max_size=2))
+def test_a_remembered_verdict_is_the_verdict(text: str, leased: frozenset[str]) -> None:
+    policy = KeywordPolicy.default()
+    assert classify(text, policy, leased) == classify(text, policy, leased) == keywords._classify(text, policy, leased)
+
+
+def test_each_policy_remembers_its_own_verdicts() -> None:
+    assert classify("halt", POLICY).outcome is Outcome.NONE
+    assert classify("halt", POLICY.with_keywords({"halt": Outcome.OPT_OUT})).outcome is Outcome.OPT_OUT
+    assert classify("halt", POLICY).outcome is Outcome.NONE

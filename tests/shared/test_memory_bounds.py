@@ -20,7 +20,7 @@ import pytest
 from api.subjects import MAX_SUBJECT_CHARS, Classifier, InvalidSubject
 from shared import keywords, phones
 from shared.events import Outcome
-from shared.keywords import CHAR_MEMO_ENTRIES, KeywordPolicy, classify
+from shared.keywords import CHAR_MEMO_ENTRIES, MATCH_MEMO_ENTRIES, MATCH_MEMO_MAX_CHARS, KeywordPolicy, classify
 from shared.phones import CACHE_ENTRIES, MAX_PHONE_CHARS, normalize_phone
 
 HOSTILE = 100_000
@@ -103,6 +103,23 @@ def test_texts_covering_all_of_unicode_keep_the_character_tables_small() -> None
 
     assert growth(feed, reset) < 8 * MB
     assert len(keywords._DROP_FORMAT) <= CHAR_MEMO_ENTRIES and len(keywords._TOKEN_CHARS) <= CHAR_MEMO_ENTRIES
+    assert classify("ARRÊT svp", policy).outcome is Outcome.OPT_OUT
+
+
+def test_the_verdicts_a_policy_remembers_stay_few() -> None:
+    """Distinct texts of the longest remembered length, each a run of one-letter words in a
+    non-Latin script (the most tokens, each a string of its own); longer texts are not remembered."""
+    policy = KeywordPolicy.default()
+    half = MATCH_MEMO_MAX_CHARS // 2
+
+    def feed(indexes: range) -> None:
+        for i in indexes:
+            classify(" ".join(chr(0x4E00 + (i * half + k) % 20_000) for k in range(half)), policy)
+            classify("stop " * (MATCH_MEMO_MAX_CHARS // 5 + 1) + str(i), policy)
+
+    assert growth(feed, policy._memo.clear) < 8 * MB
+    assert len(policy._memo) <= MATCH_MEMO_ENTRIES
+    assert all(len(text) <= MATCH_MEMO_MAX_CHARS for text, _ in policy._memo)
     assert classify("ARRÊT svp", policy).outcome is Outcome.OPT_OUT
 
 
