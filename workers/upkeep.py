@@ -21,7 +21,7 @@ from shared import connections
 from shared.settings import Settings
 from shared.shards import Shard, layout
 from shared.streamids import id_to_tuple
-from workers import archive, expiry, publisher
+from workers import archive, expiry, flow_history, publisher
 from workers.event_partitions import EVENTS, STATUS_HISTORY
 from workers.retention import Retention
 
@@ -36,6 +36,7 @@ KEYS_RETENTION_EVERY_S = 15.0
 STATUS_RETENTION_EVERY_S = 3600.0
 EVIDENCE_RETENTION_EVERY_S = 86400.0
 RECEIPT_EXPIRY_EVERY_S = 300.0
+FLOW_HISTORY_EVERY_S = 60.0
 
 Task = Callable[[], object]
 Clock = Callable[[], float]
@@ -171,6 +172,7 @@ def table(settings: Settings, redis: Redis, feed: ConsentFeed, *, reclaim: Task,
         Row(EVIDENCE_RETENTION_EVERY_S, retention.consent_evidence),
         Row(RECEIPT_EXPIRY_EVERY_S, partial(expiry.sweep_url, settings.database_url_or_default(),
                                             settings.receipt_expiry_s)),
+        Row(FLOW_HISTORY_EVERY_S, partial(flow_history.sample, redis, settings, shards)),
     ]
 
 

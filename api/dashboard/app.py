@@ -52,7 +52,7 @@ from api.dashboard.session import (
     same_origin,
 )
 from api.errors import ApiError, error_response
-from shared import connections
+from shared import connections, flow_history
 from shared.display import visible
 from shared.examples import example_curl
 from shared.reports import first_line
@@ -194,6 +194,16 @@ class Dashboard:
         except (PoolTimeout, psycopg.OperationalError) as exc:
             return data.flow(self.settings, redis, None, first_line(exc), queue_redis=queue_redis)
 
+    def _flow_history(self) -> dict[str, Any] | None:
+        """The last hours of the dispatcher's samples (shared/flow_history.py); None when Redis is away."""
+        now = datetime.now(UTC)
+        since_ms = int((now.timestamp() - flow_history.HOURS * 3600 - flow_history.BUCKET_S) * 1000)
+        try:
+            entries = self.redis().xrange(flow_history.key(self.settings.key_prefix), min=f"{since_ms}-0")
+        except RedisError:
+            return None
+        return flow_history.series([flow_history.decode(fields) for _, fields in entries], now)
+
     def _postgres_section(self, read: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
         try:
             with self.pool().connection() as conn:
@@ -205,7 +215,7 @@ class Dashboard:
         """The section's figures and when they were read (shown beside it: a cached section says its age)."""
         updated = datetime.now(UTC).strftime("%H:%M:%S")
         if section == "flow":
-            return {**self._flow(), "updated": updated}
+            return {**self._flow(), "history": self._flow_history(), "updated": updated}
         read = data.deliverability if section == "deliverability" else data.consent
         return {**self._postgres_section(read), "updated": updated}
 
@@ -271,7 +281,8 @@ class Dashboard:
         if name == "flow":
             extra = {"no_traffic": section["per_minute"] is not None and data.no_traffic(section),
                      "curl": example_curl(self.ingress_port), "ingress_port": self.ingress_port,
-                     "outcomes": data.OUTCOMES, "flow_charts": data.flow_charts(section["per_minute"])}
+                     "outcomes": data.OUTCOMES, "flow_charts": data.flow_charts(section["per_minute"]),
+                     "history_charts": flow_history.charts(section["history"]) if section.get("history") else []}
         elif name == "deliverability":
             extra = {"deliverability_charts": data.deliverability_charts(section)}
         else:

@@ -19,6 +19,7 @@ from workers.upkeep import (
     ARCHIVE_EVERY_S,
     EVENTS_PARTITIONS_EVERY_S,
     EVIDENCE_RETENTION_EVERY_S,
+    FLOW_HISTORY_EVERY_S,
     KEYS_RETENTION_EVERY_S,
     PUBLISH_EVERY_S,
     RECEIPT_EXPIRY_EVERY_S,
@@ -106,7 +107,7 @@ def test_the_table_of_the_dispatcher() -> None:
                                              EVENTS_PARTITIONS_EVERY_S, EVENTS_PARTITIONS_EVERY_S,
                                              KEYS_RETENTION_EVERY_S,
                                              STATUS_RETENTION_EVERY_S, EVIDENCE_RETENTION_EVERY_S,
-                                             RECEIPT_EXPIRY_EVERY_S]
+                                             RECEIPT_EXPIRY_EVERY_S, FLOW_HISTORY_EVERY_S]
     assert rows[0].task is reclaim and rows[1].task is observe
     short = table(dataclasses.replace(settings, visibility_timeout_s=1), redis.Redis(),
                   ConsentFeed(settings, redis.Redis()), reclaim=reclaim, observe=observe)
@@ -169,7 +170,7 @@ def test_upkeep_runs_every_chore_on_its_own_clock(settings: Settings, redis_clie
     calls, clock = Calls(), FakeClock(0.0)
     with Upkeep(settings, redis_client, reclaim=calls.task("reclaim"), observe=calls.task("observe"),
                 clock=clock) as upkeep:
-        assert upkeep.run_due() == 11, "the trim, the consent feed, partitions and retention run for real"
+        assert upkeep.run_due() == 12, "the trim, the consent feed, partitions and retention run for real"
         assert upkeep.feed._database is not None and not upkeep.feed._database.closed
         assert upkeep.retention._database is not None and not upkeep.retention._database.closed
         ran = {}
@@ -178,7 +179,7 @@ def test_upkeep_runs_every_chore_on_its_own_clock(settings: Settings, redis_clie
     assert upkeep.feed._database is None, "closing the upkeep closes the feed's connection"
     assert upkeep.retention._database is None, "and the retention's"
     # at 1.0 and at the trim's minute: reclaim, observe, the feed, the keys' retention (every 15 s)
-    assert ran == {0.5: 0, 1.0: 3, TRIM_EVERY_S: 5, ARCHIVE_EVERY_S: 10}
+    assert ran == {0.5: 0, 1.0: 3, TRIM_EVERY_S: 6, ARCHIVE_EVERY_S: 11}
     assert calls.ran.count("reclaim") == calls.ran.count("observe") == 4
 
 
