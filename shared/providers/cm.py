@@ -173,18 +173,18 @@ def parse(record: RawRecord, ctx: ParseContext) -> list[Event]:
     if record.feed not in FEEDS:
         raise ParseError(f"unknown cm feed {record.feed!r}")
     data = _decode(record)
-    shape = _shape(lower_keys(data))
+    fields = lower_keys(data)  # once: every step below reads the body's fields by lower-case name
+    shape = _shape(fields)
     if shape is not None and shape not in _FEED_SHAPES[record.feed]:
         raise ParseError(f"looks like {shape}, arrived on {record.feed}")
     if record.feed == "status":
-        return _reports(record, data, ctx)
+        return _reports(record, data, fields, ctx)
     if record.feed == "events":
-        return [_event(record, data, ctx)]
-    fields = lower_keys(data)
+        return [_event(record, data, fields, ctx)]
     if shape == _SMS_MO and ("messages" in fields or "msg" in fields):
-        return _numbered([_inbound(record, item, ctx, business=False, names=XML_MO_FIELDS)
+        return _numbered([_inbound(record, item, lower_keys(item), ctx, business=False, names=XML_MO_FIELDS)
                           for item in _msg_items(fields, "SMS MO without messages.msg")])
-    return [_inbound(record, data, ctx, business=shape == _BM_MESSAGE)]
+    return [_inbound(record, data, fields, ctx, business=shape == _BM_MESSAGE)]
 
 
 def _decode(record: RawRecord) -> dict[str, Any]:
@@ -325,11 +325,12 @@ def _who(raw: str | None, channel: str | None, ctx: ParseContext) -> str | None:
     return normalize_phone(raw, ctx.default_region)
 
 
-def _inbound(record: RawRecord, data: dict[str, Any], ctx: ParseContext, business: bool,
+def _inbound(record: RawRecord, data: dict[str, Any], lowered: Mapping[str, Any], ctx: ParseContext, business: bool,
              names: Mapping[str, str] | None = None) -> Event:
     """An SMS MO (`from`/`to` strings, `body`; other element `names` mapped onto those) or a
-    Business Messaging message (`from.number`, `message.text`)."""
-    fields = {(names or {}).get(key, key): value for key, value in lower_keys(data).items()}
+    Business Messaging message (`from.number`, `message.text`). `lowered`: `data`'s fields by
+    lower-case name."""
+    fields = lowered if names is None else {names.get(key, key): value for key, value in lowered.items()}
     sender, recipient, channel = _number(fields, "from"), _number(fields, "to"), _scalar(fields, "channel")
     if sender is None:
         raise ParseError("incoming message without 'from.number'" if business else "SMS MO without 'from'")
@@ -347,8 +348,7 @@ def _inbound(record: RawRecord, data: dict[str, Any], ctx: ParseContext, busines
     )
 
 
-def _event(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> Event:
-    fields = lower_keys(data)
+def _event(record: RawRecord, data: dict[str, Any], fields: Mapping[str, Any], ctx: ParseContext) -> Event:
     event = fields.get("event")
     if not isinstance(event, dict):
         raise ParseError("'event' is missing or not an object")
@@ -376,9 +376,9 @@ def _event(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> Event:
     )
 
 
-def _reports(record: RawRecord, data: dict[str, Any], ctx: ParseContext) -> list[Event]:
-    """One STATUS event per msg, its payload that msg (see `_numbered` for the keys)."""
-    fields = lower_keys(data)
+def _reports(record: RawRecord, data: dict[str, Any], fields: Mapping[str, Any], ctx: ParseContext) -> list[Event]:
+    """One STATUS event per msg, its payload that msg (see `_numbered` for the keys); `fields`:
+    `data`'s by lower-case name."""
     if "messages" not in fields and "msg" not in fields and ("statuscode" in fields or "status" in fields):
         return [_report(record, data, _flat_report(fields), ctx)]  # the GET form: one report, flat
     items = _msg_items(fields, "status report without messages.msg (or a flat statuscode)")
