@@ -20,6 +20,7 @@ from typing import Any
 
 from shared.errors import ParseError
 from shared.phones import normalize_phone
+from shared.settings import PROVIDERS
 from shared.times import parse_moment
 
 TIMELINE_COLUMNS = ("event_key", "provider", "message_ref", "recipient", "status", "status_rank", "provider_status",
@@ -188,6 +189,11 @@ def search_sql(search: Search) -> tuple[str, list[Any]]:
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    if search.message_ref is not None and search.provider is None:
+        # Every provider named: the primary key (provider, message_ref, recipient) is probed once per
+        # provider, so no index of message_ref alone is kept up by every status write.
+        where.append("provider = ANY(%s)")
+        params.append(list(PROVIDERS))
     if search.since is not None:
         where.append("received_at >= %s")
         params.append(search.since)

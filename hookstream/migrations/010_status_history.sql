@@ -36,8 +36,7 @@ CREATE INDEX status_history_timeline ON status_history (provider, message_ref);
 
 -- Search (GET /v1/messages, hookstream message search, the dashboard's search box) reads
 -- message_status, one row per message and recipient, newest first, paged by (received_at, key).
--- By the provider's message id, whatever the provider.
-CREATE INDEX message_status_search_ref ON message_status (message_ref);
+-- By the provider's message id: the primary key, probed once per provider (shared/timeline.py).
 -- By phone number (E.164, parsed as the ingress does): message_status_recipient (migration 009)
 -- serves it; a number's few messages are sorted after the probe (measured: bench/search.py).
 -- By provider and time range.
