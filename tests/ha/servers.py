@@ -52,8 +52,9 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s:
 class SentinelProcess:
     """One Sentinel; it rewrites its configuration file, so the file lives in its own folder."""
 
-    def __init__(self, folder: Path, primary_port: int, quorum: int) -> None:
+    def __init__(self, folder: Path, primary_port: int, quorum: int, down_after_ms: int = DOWN_AFTER_MS) -> None:
         self.folder = folder
+        self.down_after_ms = down_after_ms
         self.port = free_port()
         self.primary_port = primary_port
         self.quorum = quorum
@@ -67,7 +68,7 @@ class SentinelProcess:
             f"logfile {self.folder / 'sentinel.log'}",
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} {self.quorum}",
             f"sentinel auth-pass {SERVICE} {PASSWORD}",
-            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
+            f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {SERVICE} 2",
         ]) + "\n")
@@ -89,7 +90,10 @@ class SentinelProcess:
 
 
 class SentinelGroup:
-    def __init__(self, replicas: int = 2, sentinels: int = 3) -> None:
+    def __init__(self, replicas: int = 2, sentinels: int = 3, down_after_ms: int = DOWN_AFTER_MS) -> None:
+        """`down_after_ms`: how long a primary may not answer before it is voted down; a busy machine
+        can stall a live one for a second (a slow fsync), which is then failed over."""
+        self.down_after_ms = down_after_ms
         self.root = Path(tempfile.mkdtemp(prefix="hookstream-ha-"))
         self.servers = [_data_server(self.root / f"redis-{i}") for i in range(1 + replicas)]
         self.sentinel_count = sentinels
@@ -107,7 +111,7 @@ class SentinelGroup:
             wait_for(lambda s=server: _admin(s.port).info("replication")["master_link_status"] == "up", 20,
                      f"replica on {server.port} in sync")
         quorum = self.sentinel_count // 2 + 1
-        self.sentinels = [SentinelProcess(self.root / f"sentinel-{i}", first.port, quorum).start()
+        self.sentinels = [SentinelProcess(self.root / f"sentinel-{i}", first.port, quorum, self.down_after_ms).start()
                           for i in range(self.sentinel_count)]
         self.wait_ready()
         return self
@@ -151,6 +155,15 @@ class SentinelGroup:
         for sentinel in self.running_sentinels():
             try:
                 return int(sentinel.client().sentinel_get_master_addr_by_name(SERVICE)[1])
+            except redis.RedisError:
+                continue
+        raise AssertionError("no sentinel answers")
+
+    def config_epoch(self) -> int:
+        """The service's configuration epoch as the first Sentinel that answers has it: one more per failover."""
+        for sentinel in self.running_sentinels():
+            try:
+                return int(sentinel.client().sentinel_master(SERVICE)["config-epoch"])
             except redis.RedisError:
                 continue
         raise AssertionError("no sentinel answers")
