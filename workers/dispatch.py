@@ -59,6 +59,10 @@ REDIS_OUTAGE = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClus
 # With several shards, how long one read waits on one shard before the next is read: an entry on
 # another shard waits at most this long (times the shards) when everything is quiet.
 SHARD_BLOCK_MS = 100
+# How long the dispatcher waits to look again while max_inflight_batches are queued or running. The
+# queue then holds several batches of work, so a slot freed is taken well before the workers run
+# dry; a shorter wait only costs round trips (each ~25 µs of the dispatcher's CPU and some of Redis's).
+FULL_WAIT_S = 0.02
 
 
 def consumer_name() -> str:
@@ -334,7 +338,7 @@ class Dispatcher:
             self.metrics.enqueued.inc(len(ids))
             return len(ids)
         if self.inflight() >= self.settings.max_inflight_batches:
-            time.sleep(0.005)
+            time.sleep(FULL_WAIT_S)
             return 0
         shard = self.shards[self._turn % len(self.shards)]
         self._turn += 1
