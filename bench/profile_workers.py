@@ -9,7 +9,7 @@ which phase the CPU goes to, per entry, in one thread of this process:
 - `normalize_cold`: `normalize_entries`, batch by batch, with the worker's caches empty (a fresh
   process: every phone number seen for the first time);
 - `normalize_warm`: the same batches again, caches kept (a long-running worker, where numbers
-  repeat);
+  repeat); `normalize_warm_by_feed`: the same, per provider and feed (garbage entries included);
 - `store_params`: what `write_entries` computes before its SQL is sent: deduped events, event,
   status, archive and dead-letter columns, and the consent plan against an empty ledger;
 - `write_entries` (with `--postgres`): batches of 500 written in one transaction each into a
@@ -40,7 +40,7 @@ import orjson
 
 from bench.payloads import records
 from bench.workers import machine
-from shared import keywords, phones, times
+from shared import fastphone, keywords, phones, times
 from shared.consent import plan as consent_plan
 from shared.consent import subjects_of
 from shared.providers import cm, gatewayapi, mx2, smsmode
@@ -51,7 +51,8 @@ from workers.context import normalize_context, settle_heap
 from workers.normalize import Entry, NormalizeContext, normalize_entries
 
 RawEntry = tuple[str, Mapping[bytes, bytes]]
-CACHED_MODULES: tuple[ModuleType, ...] = (phones, times, keywords, cm, gatewayapi, mx2, smsmode, normalize, store)
+CACHED_MODULES: tuple[ModuleType, ...] = (phones, fastphone, times, keywords, cm, gatewayapi, mx2, smsmode, normalize,
+                                          store)
 BATCH = 500  # the worker's default batch size
 
 
@@ -67,12 +68,15 @@ def stream_entries(count: int, garbage_every: int) -> list[RawEntry]:
     return out
 
 
-def clear_caches() -> None:
-    """Empty every functools cache of the worker's normalizing modules (a fresh process)."""
+def clear_caches(ctx: NormalizeContext | None = None) -> None:
+    """Empty every functools cache of the worker's normalizing modules, and the verdicts `ctx`'s
+    keyword policy remembers (a fresh process)."""
     for module in CACHED_MODULES:
         for value in vars(module).values():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
+    if ctx is not None:
+        ctx.keywords._memo.clear()
 
 
 def cpu_us_per_entry(func: Callable[[], object], count: int, rounds: int,
@@ -183,19 +187,24 @@ def run(*, count: int = 20_000, rounds: int = 5, garbage_every: int = 100, postg
         "from_fields": cpu_us_per_entry(
             lambda: [[RawRecord.from_fields(f, sid) for sid, f in batch] for batch in raw_batches], count, rounds),
         "normalize_cold": cpu_us_per_entry(lambda: normalize_batches(raw_batches, ctx), count, rounds,
-                                           before=clear_caches),
+                                           before=lambda: clear_caches(ctx)),
         "normalize_warm": cpu_us_per_entry(lambda: normalize_batches(raw_batches, ctx), count, rounds),
         "gc": gc_share(raw_batches, ctx, count),
     }
     entries = normalize_entries(raw, ctx)
     events = sum(len(entry.events) for entry in entries)
+    by_feed: dict[str, list[RawEntry]] = {}
+    for sid, fields in raw:
+        by_feed.setdefault(f"{fields[b'p'].decode()}/{fields[b'f'].decode()}", []).append((sid, fields))
+    us_by_feed = {name: cpu_us_per_entry(lambda part=part: normalize_entries(part, ctx), len(part), rounds)  # type: ignore[misc]
+                  for name, part in sorted(by_feed.items())}
     us["store_params"] = cpu_us_per_entry(lambda: [store_params(b) for b in batches(entries)], count, rounds)
     if postgres:
         us.update(write_timings(entries, max(2, rounds // 2)))
     return {
         "machine": machine(),
         "records": count, "events": events, "dead_letters": sum(e.dead_reason is not None for e in entries),
-        "rounds": rounds, "settled": settled, "us_per_entry": us,
+        "rounds": rounds, "settled": settled, "us_per_entry": us, "normalize_warm_by_feed": us_by_feed,
         "fingerprint": fingerprint([store_params(b) for b in batches(entries)]),
     }
 
