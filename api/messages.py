@@ -27,6 +27,8 @@ async def show(request: Request) -> Response:
     inputs.query(request.query_params.multi_items(), ())
     if provider not in PROVIDERS:
         raise ApiError(404, "not_found", f"no provider {provider[:40]!r}; one of {', '.join(PROVIDERS)}")
+    if not timeline.storable_id(ref):
+        raise ApiError(404, "not_found", "no status report of this message")
     async with _state(request)["read_pool"].connection(timeout=POOL_TIMEOUT_S) as conn:
         cur = await conn.execute(timeline.TIMELINE_SQL, (provider, ref))
         found = await cur.fetchall()

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.errors import ParseError
+from shared.events import MAX_ID_LENGTH
 from shared.phones import normalize_phone
 from shared.settings import PROVIDERS
 from shared.times import parse_moment
@@ -155,6 +156,12 @@ class Search:
     after: tuple[datetime, str, str, str] | None = None  # the last row of the previous page
 
 
+def storable_id(value: str) -> bool:
+    """Whether a provider id could be stored at all: a longer one or one with NUL is refused at
+    parse time (shared.events), so asking for it is a client error, never a database one."""
+    return len(value) <= MAX_ID_LENGTH and "\x00" not in value
+
+
 def search_of(*, ref: str | None = None, phone: str | None = None, provider: str | None = None,
               since: str | None = None, until: str | None = None, limit: int = 50, cursor: str | None = None,
               default_region: str | None = None, providers: Sequence[str] = ()) -> Search:
@@ -162,6 +169,8 @@ def search_of(*, ref: str | None = None, phone: str | None = None, provider: str
     notation is parsed as the ingress parses it; times in the commands' grammar (ISO, `today`, `2h`)."""
     if provider is not None and providers and provider not in providers:
         raise BadQuery(f"provider {provider[:40]!r} is not one of {', '.join(providers)}")
+    if ref is not None and not storable_id(ref):
+        raise BadQuery(f"ref must be at most {MAX_ID_LENGTH} characters, without NUL")
     number = None
     if phone is not None:
         number = normalize_phone(phone.strip(), default_region)

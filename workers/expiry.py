@@ -1,5 +1,8 @@
 """Receipt expiry: a message whose latest status is still queued or sent longer than its provider's
 HOOKSTREAM_RECEIPT_EXPIRY becomes `expired` with the reason `no_receipt`, hookstream's decision.
+"Longer" is measured on our clock, from when its latest report was received, not from the
+provider's time: a report that arrives late (a provider's retries, a replay) is news, and a
+provider's clock or a naive time must not expire a message the moment its report lands.
 
 The decision is written where a report would be: message_status (the current state) and
 status_history (decided_by 'hookstream', no provider status, no raw record). It takes the rank of
@@ -36,8 +39,8 @@ EXPIRED_RANK = STATUS_RANK[Status.SENT]
 SWEEP_SQL = """
 WITH due AS (
     SELECT provider, message_ref, recipient FROM message_status
-    WHERE provider = %(provider)s AND status IN ('queued', 'sent') AND order_at < %(cutoff)s
-    ORDER BY order_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+    WHERE provider = %(provider)s AND status IN ('queued', 'sent') AND received_at < %(cutoff)s
+    ORDER BY received_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED
 ), expired AS (
     UPDATE message_status m SET status = 'expired', status_rank = %(rank)s, provider_status = NULL,
         provider_reason = NULL, reason = %(reason)s, status_at = NULL, order_at = %(now)s, received_at = %(now)s,

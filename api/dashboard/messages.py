@@ -84,6 +84,8 @@ async def page(dash: Pages, request: Request) -> Response:
 
 
 def _timeline(dash: Pages, provider: str, ref: str) -> list[timeline.Step]:
+    if not timeline.storable_id(ref):
+        return []  # no message has such an id: a 404, never a database error
     with dash.pool().connection() as conn:
         return timeline.timeline(timeline.reports(conn.execute(timeline.TIMELINE_SQL, (provider, ref)).fetchall()))
 

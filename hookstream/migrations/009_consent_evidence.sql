@@ -253,6 +253,13 @@ BEGIN
     UPDATE message_status SET recipient = p_hash, updated_at = now() WHERE recipient = p_subject;
     GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('message_status', n);
 
+    -- Every report of those messages (migration 010's table; PL/pgSQL resolves it when this runs),
+    -- found through their timeline index rather than by scanning every partition for the number.
+    UPDATE status_history h SET recipient = p_hash
+    FROM (SELECT DISTINCT provider, message_ref FROM message_status WHERE recipient = p_hash) AS m
+    WHERE h.provider = m.provider AND h.message_ref = m.message_ref AND h.recipient = p_subject;
+    GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('status_history', n);
+
     DELETE FROM consent WHERE subject = p_subject AND state = 'opted_in';
     GET DIAGNOSTICS n = ROW_COUNT;
     DELETE FROM consent h USING consent m WHERE h.subject = p_hash AND m.subject = p_subject AND h.scope = m.scope;

@@ -42,4 +42,4 @@ CREATE INDEX status_history_timeline ON status_history (provider, message_ref);
 -- By provider and time range.
 CREATE INDEX message_status_search_provider_time ON message_status (provider, received_at DESC);
 -- Receipt expiry: each provider's messages still queued or sent, oldest first (workers/expiry.py).
-CREATE INDEX message_status_expiry_pending ON message_status (provider, order_at) WHERE status IN ('queued', 'sent');
+CREATE INDEX message_status_expiry_pending ON message_status (provider, received_at) WHERE status IN ('queued', 'sent');

@@ -68,6 +68,10 @@ def test_search_by_number_in_any_notation_by_id_and_by_provider_with_pages(
     get_json(api, "/v1/messages", status=422)
     get_json(api, "/v1/messages", params={"phone": "hello"}, status=422)
     get_json(api, "/v1/messages", params={"provider": "gatewayapi", "cursor": "m1.garbage"}, status=422)
+    # An id no message can have (NUL, over the id cap) is a client error, never a database one.
+    for ref in ("1000002\x00", "9" * 257):
+        get_json(api, "/v1/messages", params={"ref": ref}, status=422)
+        get_json(api, f"/v1/messages/gatewayapi/{ref.replace(chr(0), '%00')}", status=404)
     assert main(["message", "search", "--phone", "0045 87654321", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["messages"] == get_json(
         api, "/v1/messages", params={"phone": "+4587654321"})["messages"]

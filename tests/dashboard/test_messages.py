@@ -45,5 +45,7 @@ def test_wrong_input_is_a_page_not_an_error(traffic: None, web: TestClient) -> N
     assert web.get("/dashboard/messages", params={"provider": "gatewayapi", "ref": "none"},
                    headers=AUTH).status_code == 404
     assert web.get("/dashboard/messages", params={"q": "x", "cursor": "bogus"}, headers=AUTH).status_code == 422
+    assert web.get("/dashboard/messages", params={"provider": "cm", "ref": "a\x00b"}, headers=AUTH).status_code == 404
+    assert web.get("/dashboard/messages", params={"q": "a\x00b"}, headers=AUTH).status_code == 422
     assert web.get("/dashboard/messages", params={"provider": "cm", "since": "nonsense"},
                    headers=AUTH).status_code == 422

@@ -27,6 +27,11 @@ def current(db: psycopg.Connection, ref: int) -> tuple[Any, ...] | None:
                       " AND message_ref = %s", (str(ref),)).fetchone()
 
 
+def received_at_provider_time(db: psycopg.Connection) -> None:
+    """Expiry counts from when a report was received: pretend each arrived at its provider time."""
+    db.execute("UPDATE message_status SET received_at = order_at WHERE provider = 'gatewayapi'")
+
+
 def steps(db: psycopg.Connection, ref: int) -> list[timeline.Step]:
     return timeline.timeline(timeline.reports(db.execute(timeline.TIMELINE_SQL, ("gatewayapi", str(ref))).fetchall()))
 
@@ -37,6 +42,8 @@ def test_a_message_without_receipt_expires_and_a_late_receipt_still_wins(
     post(ingress_client, "/webhooks/gatewayapi", gw_dlr("BUFFERED", NOW - 3600, msg=2))  # queued an hour ago
     post(ingress_client, "/webhooks/gatewayapi", gw_dlr("DELIVERED", NOW - 4 * DAY, msg=3))  # already final
     drain()
+    assert expiry.sweep(db, HOURS_72)["gatewayapi"] == 0, "received just now: nothing is overdue yet"
+    received_at_provider_time(db)
     assert expiry.sweep(db, HOURS_72) == {"cm": 0, "gatewayapi": 1, "mx2": 0, "smsmode": 0}
     assert current(db, 1) == ("expired", "no_receipt", expiry.EXPIRED_RANK)
     assert current(db, 2)[0] == "queued" and current(db, 3)[0] == "delivered"  # type: ignore[index]
@@ -66,6 +73,7 @@ def test_rounds_are_bounded_and_each_provider_has_its_own_expiry(
     for msg in range(1, 6):
         post(ingress_client, "/webhooks/gatewayapi", gw_dlr("ENROUTE", NOW - 2 * DAY - msg, msg=msg))
     drain()
+    received_at_provider_time(db)
     assert expiry.sweep(db, HOURS_72)["gatewayapi"] == 0, "two days is within 72 h"
     short = Settings.from_env({"HOOKSTREAM_GATEWAYAPI_RECEIPT_EXPIRY": "1d"}).receipt_expiry_s
     assert short == {**HOURS_72, "gatewayapi": DAY}
