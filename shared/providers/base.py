@@ -83,16 +83,23 @@ def _decode(raw: bytes) -> str:
         return raw.decode("iso-8859-15")
 
 
-def _pairs(data: bytes) -> list[tuple[bytes, bytes]]:
-    """`parse_qsl(keep_blank_values=True)` on the raw bytes: `&` separates, the first `=` splits,
-    `+` is a space, `%XX` a byte. On the bytes themselves every raw byte is kept, as parse_qsl
-    over a Latin-1 view kept it, at about half the cost."""
-    pairs: list[tuple[bytes, bytes]] = []
+def _add_pairs(params: dict[str, str], data: bytes) -> None:
+    """`parse_qsl(keep_blank_values=True)` on the raw bytes, into `params` (the first value of a
+    repeated key wins): `&` separates, the first `=` splits, `+` is a space, `%XX` a byte. On the
+    bytes themselves every raw byte is kept, as parse_qsl over a Latin-1 view kept it, at about
+    half the cost; each name and value is then read by `_decode`."""
+    if data.isascii() and b"%" not in data:
+        # Most queries: ASCII with nothing escaped, where every name and value is its own bytes as
+        # text; read as one string, ~2x faster.
+        for text in data.decode("ascii").replace("+", " ").split("&"):
+            if text:
+                name, _, value = text.partition("=")
+                params.setdefault(name, value)
+        return
     for field in data.split(b"&"):
         if field:
-            name, _, value = field.replace(b"+", b" ").partition(b"=")
-            pairs.append((_unquote(name), _unquote(value)))
-    return pairs
+            raw_name, _, raw_value = field.replace(b"+", b" ").partition(b"=")
+            params.setdefault(_decode(_unquote(raw_name)), _decode(_unquote(raw_value)))
 
 
 def _unquote(raw: bytes) -> bytes:
@@ -101,12 +108,10 @@ def _unquote(raw: bytes) -> bytes:
 
 def query_params(record: RawRecord) -> dict[str, str]:
     """Query-string parameters, plus a form-encoded body; the first value of a repeated key wins."""
-    pairs = _pairs(record.query)
-    if record.mime_type == FORM_TYPE and record.body:
-        pairs += _pairs(record.body)
     params: dict[str, str] = {}
-    for key, value in pairs:
-        params.setdefault(_decode(key), _decode(value))
+    _add_pairs(params, record.query)
+    if record.mime_type == FORM_TYPE and record.body:
+        _add_pairs(params, record.body)
     return params
 
 
