@@ -81,8 +81,6 @@ KILLS_WITHOUT_REPLICA_ACKS = 3
 # Not the HA tests' 1 s: on a busy machine a live primary stalls that long now and then (a slow fsync)
 # and is failed over while it still takes writes, a scenario of its own (SENTINEL FAILOVER below).
 DOWN_AFTER_MS = 5000
-NOREPLICAS_BUG = ("the dispatcher exits on Redis's NOREPLICAS reply (min-replicas-to-write, a primary without"
-                  " replicas for a moment during a failover) instead of waiting it out as an outage")
 
 
 @pytest.fixture
@@ -206,8 +204,9 @@ def measured(pipeline: Pipeline, load: Load, label: str, missing: set[int]) -> T
                         "lost": len(counted.lost), "duplicates": len(counted.doubled),
                         "answers_503": load.statuses.get(503, 0), "answers_5xx": load.server_errors,
                         "drain_s": round(pipeline.drain_s, 1)}
+    # Not added to the suite's `events_lost`, which counts what a scenario promises not to lose: these
+    # losses are the figures the scenario is for, in its row and in its own figures.
     count("requests_acknowledged", len(load.acked))
-    count("events_lost", len(counted.lost))
     return counted
 
 
@@ -339,7 +338,7 @@ def test_primary_killed_without_replica_acks_loss_is_measured(
 @pytest.mark.faults_long
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("append_replicas", "min_replicas_to_write"), [
-    (0, 0), (1, 0), pytest.param(0, 1, marks=pytest.mark.xfail(strict=True, reason=NOREPLICAS_BUG))])
+    (0, 0), (1, 0), (0, 1)])
 def test_sentinel_failover_command_what_the_old_primary_took(
         append_replicas: int, min_replicas_to_write: int, group: SentinelGroup, make_pipeline: PipelineFactory,
         requests_: Requests) -> None:
@@ -432,12 +431,10 @@ def test_a_drained_group_has_no_lag_after_a_failover(group: SentinelGroup) -> No
 
 
 @pytest.mark.faults_long
-@pytest.mark.xfail(strict=True, reason=NOREPLICAS_BUG)
 def test_the_dispatcher_waits_out_a_primary_without_enough_replicas(fault_servers: Servers, secrets: Secrets) -> None:
     """With `min-replicas-to-write 1` (what the README recommends beside Sentinel) a primary left
     without replicas answers every write `NOREPLICAS`: a failover moment, like a connection error,
-    to wait out, not a reason to exit. Today the dispatcher's loop re-raises every ResponseError but
-    NOGROUP, and `hookstream dispatch` exits."""
+    to wait out, not a reason to exit (the dispatcher once re-raised every ResponseError but NOGROUP)."""
     server = RedisServer(Path(tempfile.mkdtemp(prefix="hookstream-noreplicas-"))).start()
     client = redis.Redis.from_url(server.url)
     try:
