@@ -55,7 +55,7 @@ log = logging.getLogger("hookstream.ingress")
 _Pending = tuple[dict[bytes, bytes], "asyncio.Future[bytes]"]
 
 # Replies that mean "this shard's primary is failing over or gone", not "this request is refused".
-FAILOVER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "MASTERDOWN", "LOADING")
+FAILOVER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS")
 PASS_OVER_FIRST_S = 0.25  # a failed shard is passed over this long, doubling up to PASS_OVER_MAX_S
 PASS_OVER_MAX_S = 2.0
 REFRESH_EVERY_S = 0.5  # at most one cluster map refresh this often while shards fail

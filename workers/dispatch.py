@@ -56,6 +56,10 @@ STARTED_GRACE_S = 5
 # waited out, never a crash.
 REDIS_OUTAGE = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException, TryAgainError, AskError,
                 ReadOnlyError)
+# Replies of a Redis that refuses writes for a moment: a primary left without the replicas its
+# `min-replicas-to-write` asks for (a failover, a replica restarting), or one whose last save
+# failed (`stop-writes-on-bgsave-error`). Waited out like an outage, never a reason to exit.
+REFUSED_FOR_NOW = ("NOREPLICAS", "MISCONF")
 # With several shards, how long one read waits on one shard before the next is read: an entry on
 # another shard waits at most this long (times the shards) when everything is quiet.
 SHARD_BLOCK_MS = 100
@@ -63,6 +67,11 @@ SHARD_BLOCK_MS = 100
 # queue then holds several batches of work, so a slot freed is taken well before the workers run
 # dry; a shorter wait only costs round trips (each ~25 µs of the dispatcher's CPU and some of Redis's).
 FULL_WAIT_S = 0.02
+
+
+def refused_for_now(exc: ResponseError) -> bool:
+    """A reply of REFUSED_FOR_NOW, also when redis-py names the pipeline command it answered."""
+    return str(exc).rpartition("caused error: ")[2].startswith(REFUSED_FOR_NOW)
 
 
 def consumer_name() -> str:
@@ -384,6 +393,11 @@ class Dispatcher:
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                 except ResponseError as exc:
+                    if refused_for_now(exc):
+                        self._unavailable(exc, backoff)
+                        stop.wait(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
                     if "NOGROUP" not in str(exc):
                         raise
                     # Redis restarted without its data, or a replica promoted before the group reached it.

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 import redis
+from redis.exceptions import ResponseError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -22,7 +23,7 @@ from shared.record import RawRecord
 from shared.settings import Settings
 from tests.providers.util import record
 from tests.workers.conftest import entries_enqueued, run_workers
-from workers import jobs
+from workers import dispatch, jobs
 from workers.context import WorkerContext
 from workers.dispatch import (
     DEAD_LETTER_JOB,
@@ -238,3 +239,15 @@ def test_deliveries_failed_by_a_postgres_outage_never_make_dead_letters(
     assert redis_client.xpending(settings.stream, settings.group)["pending"] == 0
     dead_letters = db.execute("SELECT count(*) FROM dead_letters").fetchone()
     assert dead_letters == ((0,) if failure is DatabaseUnavailable else (len(ids),))
+
+
+@pytest.mark.parametrize(("reply", "waited_out"), [
+    ("NOREPLICAS Not enough good replicas to write.", True),
+    ("Command # 1 (SADD rq:queues rq:queue:hookstream) of pipeline caused error: NOREPLICAS Not enough good"
+     " replicas to write.", True),
+    ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", True),
+    ("NOGROUP No such key 'hookstream:raw' or consumer group 'hookstream:workers'", False),
+    ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+])
+def test_a_primary_refusing_writes_for_now_is_waited_out(reply: str, waited_out: bool) -> None:
+    assert dispatch.refused_for_now(ResponseError(reply)) is waited_out
