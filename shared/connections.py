@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
@@ -391,14 +392,30 @@ def api_read_pool(read_url: str, size: int) -> AsyncConnectionPool[Any]:
 
 
 def dashboard_pool(database_url: str, size: int, wait_s: float | None = None) -> ConnectionPool[Any]:
-    """Not opened (the dashboard opens it without waiting); its times are UTC, its statements bounded.
-    `wait_s`: less than the table's pool wait (tests of a Postgres that is down)."""
+    """Not opened (the dashboard opens it without waiting). No startup `options`: PgBouncer refuses
+    that parameter, so the statement timeout and UTC are set in each read's own transaction
+    (`dashboard_read`). `wait_s`: less than the table's pool wait (tests of a Postgres that is down)."""
     options = postgres_options(Role.DASHBOARD)
-    options["options"] = " ".join(filter(None, (options.get("options"), "-c TimeZone=UTC")))
+    options.pop("options", None)
     return ConnectionPool(database_url, min_size=1, max_size=size, open=False, name="hookstream-dashboard",
                           timeout=_pool_wait_s(Role.DASHBOARD) if wait_s is None else wait_s,
                           check=ConnectionPool.check_connection,
                           kwargs={"autocommit": True, "prepare_threshold": None, **options})
+
+
+# Local to the transaction: behind PgBouncer in transaction mode the next transaction on the same
+# server connection may be another client's, so nothing is set for the session.
+DASHBOARD_SETTINGS_SQL = "SELECT set_config('statement_timeout', %s, true), set_config('TimeZone', 'UTC', true)"
+
+
+@contextmanager
+def dashboard_read(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of the dashboard's pool inside one transaction whose statements are bounded by the
+    dashboard's row and whose times are UTC. A statement that fails aborts the transaction: the
+    caller reads nothing more on it (its error is the section's)."""
+    with pool.connection() as conn, conn.transaction():
+        conn.execute(DASHBOARD_SETTINGS_SQL, (str(TIMEOUTS[Role.DASHBOARD].pg_statement_ms),))
+        yield conn
 
 
 def connect(database_url: str, role: Role, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -157,6 +158,11 @@ class Dashboard:
                 atexit.register(self.close)
             return self._pool
 
+    def reading(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A pooled connection in one read transaction (statement timeout, UTC): every query of the
+        dashboard runs in one, which works behind PgBouncer in transaction mode too."""
+        return connections.dashboard_read(self.pool())
+
     def redis(self) -> Redis:
         with self._lock:
             if self._redis is None:
@@ -189,7 +195,7 @@ class Dashboard:
     def _flow(self) -> dict[str, Any]:
         redis, queue_redis = self.redis(), self.queue_redis()
         try:
-            with self.pool().connection() as conn:
+            with self.reading() as conn:
                 return data.flow(self.settings, redis, conn, queue_redis=queue_redis)
         except (PoolTimeout, psycopg.OperationalError) as exc:
             return data.flow(self.settings, redis, None, first_line(exc), queue_redis=queue_redis)
@@ -206,7 +212,7 @@ class Dashboard:
 
     def _postgres_section(self, read: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
         try:
-            with self.pool().connection() as conn:
+            with self.reading() as conn:
                 return {**read(conn), "errors": []}
         except (PoolTimeout, psycopg.Error) as exc:
             return {"errors": [f"postgres: {first_line(exc)}"]}
@@ -393,7 +399,7 @@ class Dashboard:
             return self.html("dead_letters.html", 422, malformed=True, csrf=_csrf(auth))
 
         def read() -> dict[str, Any]:
-            with self.pool().connection() as conn:
+            with self.reading() as conn:
                 if letter_id is not None:
                     return {"letter": data.dead_letter(conn, letter_id)}
                 return {"letters": data.dead_letter_list(conn)}

@@ -7,10 +7,11 @@ The queries and their reading are shared.timeline's, as the API's and `hookstrea
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -29,7 +30,7 @@ class Pages(Protocol):
 
     def authenticate(self, request: Request) -> tuple[str, Any] | None: ...
     def html(self, template: str, status_code: int = 200, **context: Any) -> Response: ...
-    def pool(self) -> ConnectionPool[Any]: ...
+    def reading(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
 
 SHOWN = 50
 MAX_INPUT = 200
@@ -86,13 +87,13 @@ async def page(dash: Pages, request: Request) -> Response:
 def _timeline(dash: Pages, provider: str, ref: str) -> list[timeline.Step]:
     if not timeline.storable_id(ref):
         return []  # no message has such an id: a 404, never a database error
-    with dash.pool().connection() as conn:
+    with dash.reading() as conn:
         return timeline.timeline(timeline.reports(conn.execute(timeline.TIMELINE_SQL, (provider, ref)).fetchall()))
 
 
 def _search(dash: Pages, searches: list[tuple[str, timeline.Search]]) -> list[dict[str, Any]]:
     results = []
-    with dash.pool().connection() as conn:
+    with dash.reading() as conn:
         for what, search in searches:
             sql, params = timeline.search_sql(search)
             items, following = timeline.page(conn.execute(sql, params).fetchall(), search.limit)

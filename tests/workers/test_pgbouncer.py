@@ -153,9 +153,6 @@ def test_workers_and_the_api_through_pgbouncer_in_transaction_mode(bouncer_url: 
     assert len(servers) == 1  # over one server connection
 
 
-@pytest.mark.xfail(strict=True, reason="the dashboard's pool sets statement_timeout and TimeZone as the startup"
-                   " parameter `options`, which PgBouncer refuses (FATAL: unsupported startup parameter: options);"
-                   " they belong in each read's transaction (SET LOCAL), as the bulk check sets its own")
 def test_the_dashboard_through_pgbouncer_in_transaction_mode(bouncer_url: str, settings: Settings,
                                                              ingress_client: TestClient, drain: Drain,
                                                              db: psycopg.Connection) -> None:
@@ -208,3 +205,21 @@ def test_prepared_statements_break_behind_it(bouncer_url: str) -> None:
         with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
             two.execute("SELECT 1 + %s", (1,))
         one.execute("DEALLOCATE ALL")  # leave the shared server connection as it was
+
+
+def test_the_dashboards_timeout_and_time_zone_hold_in_each_read_and_only_there(bouncer_url: str) -> None:
+    """Set in the read's transaction, not the session: in force for each of its statements, gone for the
+    next client of the one server connection, and a failed statement ends the read without a second error."""
+    with connections.dashboard_pool(bouncer_url, 2) as pool:
+        for _ in range(8):  # past psycopg's prepare threshold
+            with connections.dashboard_read(pool) as conn:
+                assert conn.execute("SHOW statement_timeout").fetchone() == ("10s",)
+                assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+        with connections.dashboard_read(pool) as conn:
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1 / 0")
+        with connections.dashboard_read(pool) as conn, pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT set_config('statement_timeout', '50', true)")  # the row's 10 s, made short
+            conn.execute("SELECT pg_sleep(5)")
+    with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as other:
+        assert other.execute("SHOW statement_timeout").fetchone() == ("0",)
