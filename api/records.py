@@ -104,6 +104,8 @@ def _subject(value: Any, where: str, classifier: Classifier) -> str:
         raise invalid(f"{where}: {exc}") from None
     if not subject.phone and text.lstrip("+").replace(" ", "").replace("-", "").isdigit():
         raise invalid(f"{where}: {subject.reason}")
+    if not subject.phone and not any(char.isalnum() for char in text):  # `+`, `()`: no id a provider sends
+        raise invalid(f"{where}: {subject.reason}")
     return subject.value
 
 
@@ -131,7 +133,7 @@ def parse_record(data: Any, index: int, classifier: Classifier, default_region: 
     if missing:
         raise invalid(f"{where}: missing {', '.join(missing)}")
     state = data["state"]
-    if state not in STATE_OUTCOME:
+    if not isinstance(state, str) or state not in STATE_OUTCOME:  # a list or an object is unhashable
         raise invalid(f"{where}.state must be opted_in or opted_out")
     scope = _text(data["scope"], f"{where}.scope", MAX_SCOPE_CHARS)
     return Record(
