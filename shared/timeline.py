@@ -173,6 +173,8 @@ def search_of(*, ref: str | None = None, phone: str | None = None, provider: str
         raise BadQuery(f"ref must be at most {MAX_ID_LENGTH} characters, without NUL")
     number = None
     if phone is not None:
+        if "\x00" in phone:  # the parser keeps a NUL inside the digits; Postgres refuses it in text
+            raise BadQuery("phone contains a NUL character")
         number = normalize_phone(phone.strip(), default_region)
         if not number or not number.startswith("+"):
             raise BadQuery(f"phone {phone[:40]!r} is not a number in international form"
@@ -249,6 +251,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str, str, str]:
         at = datetime.fromisoformat(parts[0])
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise bad from None
-    if at.tzinfo is None:
+    if at.tzinfo is None or not all(storable_id(part) for part in parts[1:]):
         raise bad
     return at, parts[1], parts[2], parts[3]
