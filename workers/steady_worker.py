@@ -69,6 +69,16 @@ class SteadyWorker(SimpleWorker):
         kwargs["with_scheduler"] = False
         return bool(super().work(*args, **kwargs))
 
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """A job that failed because a Redis went away (its own work, or RQ's bookkeeping after it):
+        one warning, not RQ's traceback. Nothing is lost: its stream entries stay pending until they
+        are acknowledged, and are reclaimed after the visibility timeout if they never are."""
+        if isinstance(exc_info[1], OUTAGE):
+            log.warning("job %s not recorded as done: Redis unavailable (%s); its entries stay pending",
+                        job.id, type(exc_info[1]).__name__)
+            return
+        super().handle_exception(job, *exc_info)
+
     # -- the places where RQ would quit ----------------------------------------------------------
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
