@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from api.errors import invalid
-from api.inputs import MAX_SUBJECTS
+from api.inputs import MAX_SUBJECTS, text_value
 from api.records import MAX_SOURCE_CHARS, checked_moment
 from api.subjects import Classifier, InvalidSubject
 
@@ -53,11 +53,10 @@ def _since(value: Any, now: datetime) -> datetime:
 def parse_request(data: Any, classifier: Classifier, now: datetime | None = None) -> Report:
     if not isinstance(data, dict) or set(data) != {"subjects", "since", "source"}:
         raise invalid("the body must be a JSON object with subjects, since and source")
-    subjects, source = data["subjects"], data["source"]
+    subjects = data["subjects"]
     if not isinstance(subjects, list) or not subjects or len(subjects) > MAX_SUBJECTS:
         raise invalid(f"subjects must be a list of 1 to {MAX_SUBJECTS} phone numbers")
-    if not isinstance(source, str) or not source.strip() or len(source) > MAX_SOURCE_CHARS or "\x00" in source:
-        raise invalid(f"source must be 1 to {MAX_SOURCE_CHARS} characters")
+    source = text_value(data["source"], "source", MAX_SOURCE_CHARS)
     numbers: list[str] = []
     for index, raw in enumerate(subjects):
         if not isinstance(raw, str):
@@ -69,7 +68,7 @@ def parse_request(data: Any, classifier: Classifier, now: datetime | None = None
         if not subject.phone:
             raise invalid(f"subjects[{index}]: {subject.reason}")
         numbers.append(subject.value)
-    return Report(sorted(set(numbers)), _since(data["since"], now or datetime.now(UTC)), source.strip())
+    return Report(sorted(set(numbers)), _since(data["since"], now or datetime.now(UTC)), source)
 
 
 async def record(conn: psycopg.AsyncConnection[Any], report: Report, label: str) -> tuple[int, int]:

@@ -40,17 +40,28 @@ def _object(data: Any, allowed: tuple[str, ...]) -> Mapping[str, Any]:
     return data
 
 
-def scope_value(value: Any, where: str = "scope") -> str | None:
-    if value is None:
-        return None
+def text_value(value: Any, where: str, maximum: int) -> str:
+    """A string field, stripped: 1 to `maximum` characters and no NUL (nothing stored can hold one)."""
     if not isinstance(value, str):
         raise invalid(f"{where} must be a string")
     text = value.strip()
-    if not text or len(text) > MAX_SCOPE_CHARS:
-        raise invalid(f"{where} must be 1 to {MAX_SCOPE_CHARS} characters")
+    if not text or len(text) > maximum:
+        raise invalid(f"{where} must be 1 to {maximum} characters")
     if "\x00" in text:
         raise invalid(f"{where} contains a NUL character")
     return text
+
+
+def known_fields(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    """422 naming the first few fields of `data` outside `allowed`."""
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise invalid(f"{where}: unknown field(s) {', '.join(repr(k)[:40] for k in unknown[:5])};"
+                      f" allowed: {', '.join(allowed)}")
+
+
+def scope_value(value: Any, where: str = "scope") -> str | None:
+    return None if value is None else text_value(value, where, MAX_SCOPE_CHARS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import orjson
 import psycopg
 
 from api.errors import ApiError, invalid
+from api.inputs import known_fields, text_value
 from api.subjects import MAX_SCOPE_CHARS, Classifier, InvalidSubject
 from shared import consent
 from shared.consent import IMPORT, OPTED_IN, OPTED_OUT, Signal
@@ -61,19 +62,8 @@ class Record:
         return hashlib.sha256(self.content()).hexdigest()
 
 
-def _text(value: Any, where: str, maximum: int) -> str:
-    if not isinstance(value, str):
-        raise invalid(f"{where} must be a string")
-    text = value.strip()
-    if not text or len(text) > maximum:
-        raise invalid(f"{where} must be 1 to {maximum} characters")
-    if "\x00" in text:
-        raise invalid(f"{where} contains a NUL character")
-    return text
-
-
 def _moment(value: Any, where: str, now: datetime) -> datetime:
-    text = _text(value, where, 64)
+    text = text_value(value, where, 64)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -97,7 +87,7 @@ def checked_moment(moment: datetime, where: str, text: str, now: datetime) -> da
 def _subject(value: Any, where: str, classifier: Classifier) -> str:
     """A phone number in any common form (as E.164), or an id made of more than digits (an Mx2
     subscriberId) as given; digits that are no valid number are refused, never stored as an id."""
-    text = _text(value, where, 64)
+    text = text_value(value, where, 64)
     try:
         subject = classifier(text)
     except InvalidSubject as exc:
@@ -114,34 +104,29 @@ def _evidence(value: Any, where: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise invalid(f"{where} must be an object with {', '.join(EVIDENCE_FIELDS)}")
-    unknown = sorted(set(value) - set(EVIDENCE_FIELDS))
-    if unknown:
-        raise invalid(f"{where}: unknown field(s) {', '.join(repr(k)[:40] for k in unknown[:5])};"
-                      f" allowed: {', '.join(EVIDENCE_FIELDS)}")
-    return {key: _text(item, f"{where}.{key}", MAX_EVIDENCE_CHARS) for key, item in value.items() if item is not None}
+    known_fields(value, EVIDENCE_FIELDS, where)
+    return {key: text_value(item, f"{where}.{key}", MAX_EVIDENCE_CHARS)
+            for key, item in value.items() if item is not None}
 
 
 def parse_record(data: Any, index: int, classifier: Classifier, default_region: str | None, now: datetime) -> Record:
     where = f"records[{index}]"
     if not isinstance(data, dict):
         raise invalid(f"{where} must be an object")
-    unknown = sorted(set(data) - set(RECORD_FIELDS))
-    if unknown:
-        raise invalid(f"{where}: unknown field(s) {', '.join(repr(k)[:40] for k in unknown[:5])};"
-                      f" allowed: {', '.join(RECORD_FIELDS)}")
+    known_fields(data, RECORD_FIELDS, where)
     missing = [name for name in REQUIRED if data.get(name) is None]
     if missing:
         raise invalid(f"{where}: missing {', '.join(missing)}")
     state = data["state"]
     if not isinstance(state, str) or state not in STATE_OUTCOME:  # a list or an object is unhashable
         raise invalid(f"{where}.state must be opted_in or opted_out")
-    scope = _text(data["scope"], f"{where}.scope", MAX_SCOPE_CHARS)
+    scope = text_value(data["scope"], f"{where}.scope", MAX_SCOPE_CHARS)
     return Record(
-        id=_text(data["id"], f"{where}.id", MAX_ID_CHARS),
+        id=text_value(data["id"], f"{where}.id", MAX_ID_CHARS),
         subject=_subject(data["subject"], f"{where}.subject", classifier),
         scope=normalize_phone(scope, default_region) or scope,  # as the workers store our numbers
         state=str(state), occurred_at=_moment(data["occurred_at"], f"{where}.occurred_at", now),
-        source=_text(data["source"], f"{where}.source", MAX_SOURCE_CHARS),
+        source=text_value(data["source"], f"{where}.source", MAX_SOURCE_CHARS),
         evidence=_evidence(data.get("evidence"), f"{where}.evidence"),
     )
 
