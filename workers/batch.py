@@ -28,7 +28,7 @@ from shared.shards import Shard
 from shared.streamids import id_to_tuple
 from workers import consent
 from workers.context import WorkerContext
-from workers.metrics import WorkerMetrics
+from workers.metrics import WorkerMetrics, observe_all
 from workers.normalize import Entry, NormalizeContext, normalize_entries
 from workers.store import WriteResult, write_entries
 
@@ -174,9 +174,9 @@ def observe(metrics: WorkerMetrics, mode: str, entries: list[Entry], result: Wri
     for provider, count in dead.items():
         metrics.dead_letters.labels(mode, provider).inc(count)
     if mode == "live":
-        for entry in entries:
-            if entry.dead_reason is None and entry.record is not None:
-                metrics.commit_lag.observe(max(committed_at - entry.record.received_at_ms / 1000, 0.0))
+        lags = [max(committed_at - entry.record.received_at_ms / 1000, 0.0)
+                for entry in entries if entry.dead_reason is None and entry.record is not None]
+        observe_all(metrics.commit_lag, lags)
     for change in result.changes:
         metrics.consent_changes.labels(mode, change["outcome"]).inc()
 
