@@ -27,6 +27,7 @@ from rq.serializers import JSONSerializer
 from shared.errors import ParseError
 from shared.settings import Settings
 from shared.streamids import MAX_PART, id_to_tuple
+from workers import statistics
 from workers.batch import RawEntry, read_archive, replay_entries
 from workers.context import WorkerContext
 
@@ -170,6 +171,7 @@ def replay(ctx: WorkerContext, selection: Selection, *, from_archive: bool = Fal
     started = time.monotonic()
     progress = Progress(_estimate(ctx, selection, from_archive), out)
     with ctx.pool.connection() as conn:
+        analyzed = statistics.analyze_missing(conn)
         # A stream replay reads the shards one after the other, each in its own order.
         pages: Iterator[list[Any]] = (
             archive_pages(conn, selection, page) if from_archive
@@ -193,7 +195,7 @@ def replay(ctx: WorkerContext, selection: Selection, *, from_archive: bool = Fal
     progress.close()
     seconds = time.monotonic() - started
     return {**{name: total.get(name, 0) for name in COUNTED}, "failed_jobs": failed, "dry_run": dry_run,
-            "source": "archive" if from_archive else "stream", "seconds": round(seconds, 3),
+            "source": "archive" if from_archive else "stream", "analyzed": analyzed, "seconds": round(seconds, 3),
             "entries_per_s": round(total.get("entries", 0) / max(seconds, 1e-6))}
 
 
