@@ -76,8 +76,11 @@ def stream_pages(redis: Redis, stream: str, selection: Selection, page: int) -> 
         chunk = redis.xrange(stream, start, end, count=page)
         if not chunk:
             return
-        yield [(sid.decode(), fields) for sid, fields in chunk
-               if selection.wants(fields.get(b"p", b"").decode(), fields.get(b"f", b"").decode())]
+        if selection.provider is None and selection.feed is None:
+            yield [(sid.decode(), fields) for sid, fields in chunk]
+        else:
+            yield [(sid.decode(), fields) for sid, fields in chunk
+                   if selection.wants(fields.get(b"p", b"").decode(), fields.get(b"f", b"").decode())]
         start = "(" + chunk[-1][0].decode()  # exclusive: after the last one seen
 
 
