@@ -13,9 +13,15 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from hookstream.embedded import PostgresServer, RedisServer
 from hookstream.migrate import migrate
+
+# A property is about values, not speed: Hypothesis's default deadline (200 ms for one example) fails
+# a test whose example a busy machine paused once. No example has one here unless its test sets it.
+hypothesis_settings.register_profile("hookstream", deadline=None)
+hypothesis_settings.load_profile("hookstream")
 
 # Every table the migrations made but their own bookkeeping: a new table is emptied without a list to keep.
 DATA_TABLES_SQL = (
