@@ -154,7 +154,9 @@ def test_a_paused_replica_makes_503s_within_about_the_timeout_then_200_once_it_i
             answer = client.post("/webhooks/mx2", content=BODY)
             elapsed = time.monotonic() - started
             assert answer.status_code == 503, "nothing may be acknowledged that no replica confirmed"
-            assert TIMEOUT_MS / 1000 - 0.05 <= elapsed < TIMEOUT_MS / 1000 + 0.5, elapsed
+            # WAIT's timeout, not the round trip's deadline (2 s more): Redis ends a blocked WAIT on
+            # its 100 ms timer and a busy machine adds its own delay (one WAIT each: the count below).
+            assert TIMEOUT_MS / 1000 - 0.05 <= elapsed < TIMEOUT_MS / 1000 + 1.0, elapsed
         assert metric(client, "hookstream_ingress_replica_ack_errors_total") == 2
         assert metric(client, "hookstream_ingress_append_errors_total") == 2
         assert metric(client, "hookstream_ingress_append_replicas_acked_count") == 2
@@ -176,7 +178,7 @@ def test_no_replica_required_a_paused_replica_changes_nothing_and_no_wait_is_sen
         for _ in range(3):
             started = time.monotonic()
             assert client.post("/webhooks/mx2", content=BODY).status_code == 200
-            assert time.monotonic() - started < 0.25
+            assert time.monotonic() - started < TIMEOUT_MS / 1000, "no WAIT on the paused replica"
         assert metric(client, "hookstream_ingress_append_replicas_acked_count") == 0
     assert primary.xlen(STREAM) == 3
     assert calls(primary, "xadd") == 3 and calls(primary, "wait") == 0
@@ -227,7 +229,9 @@ def test_the_deadline_covers_the_wait_timeout(pair: tuple[RedisServer, Replica],
     outcome, elapsed, connected = run(pair[0].url, scenario, replicas=1, replica_timeout_ms=800,  # type: ignore[misc]
                                       timeout_s=0.3)
     assert isinstance(outcome, ReplicaAckMissing) and "0 of 1" in str(outcome), outcome
-    assert 0.75 <= elapsed < 1.1 and connected
+    # At least the WAIT timeout; the outcome shows the 1.1 s deadline did not cut the round trip, and
+    # under two WAITs' time leaves a busy machine room (it took 0.82 to 0.90 s with 4 busy loops).
+    assert 0.75 <= elapsed < 2 * 0.8 and connected, elapsed
 
 
 def test_a_wait_that_redis_refuses_fails_the_round_trip(primary: redis.Redis, replica: Replica) -> None:
