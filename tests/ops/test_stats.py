@@ -21,9 +21,14 @@ from tests.workers.test_pipeline import gw_dlr, post, rows
 
 pytestmark = pytest.mark.integration
 
-TODAY = datetime.now(UTC).date()
-YESTERDAY = TODAY - timedelta(days=1)
 COUNTS = ("delivered", "failed", "expired", "rejected", "sent", "queued", "unknown", "total")
+
+
+@pytest.fixture
+def today() -> date:
+    """Today (UTC) when the test starts, not when the module was collected minutes before: the
+    database counts by its own today, and a run may cross midnight."""
+    return datetime.now(UTC).date()
 
 
 def at(day: date, hour: int = 0, second: int = 5) -> datetime:
@@ -44,39 +49,45 @@ def counts(**values: int) -> dict[str, int]:
     return {k: values.get(k, 0) for k in COUNTS[:-1]} | {"total": sum(values.values())}
 
 
-def send_history(client: TestClient, drain: Drain) -> None:
+def send_history(client: TestClient, drain: Drain, today: date) -> None:
+    yesterday = today - timedelta(days=1)
     reports = [
-        ("/webhooks/smsmode/status", smsmode("m1", "SENT", "36034", at(TODAY, second=1))),  # then delivered: once
-        ("/webhooks/smsmode/status", smsmode("m1", "DELIVERED", "36034", at(TODAY))),
-        ("/webhooks/smsmode/status", smsmode("m2", "DELIVERED", "36034", at(TODAY))),
-        ("/webhooks/smsmode/status", smsmode("m3", "UNDELIVERED", "36034", at(TODAY))),
-        ("/webhooks/smsmode/status", smsmode("m4", "SENT", "36034", at(TODAY))),
+        ("/webhooks/smsmode/status", smsmode("m1", "SENT", "36034", at(today, second=1))),  # then delivered: once
+        ("/webhooks/smsmode/status", smsmode("m1", "DELIVERED", "36034", at(today))),
+        ("/webhooks/smsmode/status", smsmode("m2", "DELIVERED", "36034", at(today))),
+        ("/webhooks/smsmode/status", smsmode("m3", "UNDELIVERED", "36034", at(today))),
+        ("/webhooks/smsmode/status", smsmode("m4", "SENT", "36034", at(today))),
         ("/webhooks/smsmode/status", smsmode("m9", "SCHEDULED", "36034", None)),  # no provider time: receive day
-        ("/webhooks/smsmode/status", smsmode("m5", "EXPIRED", "36034", at(YESTERDAY, 12))),
-        ("/webhooks/smsmode/status", smsmode("m6", "DELIVERED", "36034", at(YESTERDAY, 12))),
-        ("/webhooks/smsmode/status", smsmode("m7", "REJECTED", "INFO", at(TODAY))),
-        ("/webhooks/smsmode/status", smsmode("m8", "WEIRD", "INFO", at(TODAY))),
-        ("/webhooks/smsmode/status", smsmode("m10", "SENT", "NOFINAL", at(YESTERDAY, 12))),
-        ("/webhooks/gatewayapi", gwapi(100, 4587654321, "DELIVERED", at(TODAY))),
-        ("/webhooks/gatewayapi", gwapi(100, 4511111111, "UNDELIVERABLE", at(TODAY))),  # same message, 2nd recipient
-        ("/webhooks/gatewayapi", gwapi(101, 4587654321, "DELIVERED", at(TODAY, second=9))),
-        ("/webhooks/gatewayapi", gwapi(101, 4587654321, "ENROUTE", at(TODAY))),  # late: never undoes delivered
-        ("/webhooks/gatewayapi", gwapi(102, 4587654321, "DELIVERED", at(YESTERDAY, 12))),
-        ("/webhooks/gatewayapi", gwapi(103, 4587654321, "DELIVERED", at(TODAY - timedelta(days=30), 12))),
+        ("/webhooks/smsmode/status", smsmode("m5", "EXPIRED", "36034", at(yesterday, 12))),
+        ("/webhooks/smsmode/status", smsmode("m6", "DELIVERED", "36034", at(yesterday, 12))),
+        ("/webhooks/smsmode/status", smsmode("m7", "REJECTED", "INFO", at(today))),
+        ("/webhooks/smsmode/status", smsmode("m8", "WEIRD", "INFO", at(today))),
+        ("/webhooks/smsmode/status", smsmode("m10", "SENT", "NOFINAL", at(yesterday, 12))),
+        ("/webhooks/gatewayapi", gwapi(100, 4587654321, "DELIVERED", at(today))),
+        ("/webhooks/gatewayapi", gwapi(100, 4511111111, "UNDELIVERABLE", at(today))),  # same message, 2nd recipient
+        ("/webhooks/gatewayapi", gwapi(101, 4587654321, "DELIVERED", at(today, second=9))),
+        ("/webhooks/gatewayapi", gwapi(101, 4587654321, "ENROUTE", at(today))),  # late: never undoes delivered
+        ("/webhooks/gatewayapi", gwapi(102, 4587654321, "DELIVERED", at(yesterday, 12))),
+        ("/webhooks/gatewayapi", gwapi(103, 4587654321, "DELIVERED", at(today - timedelta(days=30), 12))),
     ]
     for path, body in reports:
         post(client, path, body)
     drain()
 
 
-EXPECTED = [  # provider, then newest day first, then sender
-    ("gatewayapi", "", TODAY, counts(delivered=2, failed=1), 0.6667),
-    ("gatewayapi", "", YESTERDAY, counts(delivered=1), 1.0),
-    ("smsmode", "36034", TODAY, counts(delivered=2, failed=1, sent=1, queued=1), 0.6667),
-    ("smsmode", "INFO", TODAY, counts(rejected=1, unknown=1), 0.0),
-    ("smsmode", "36034", YESTERDAY, counts(delivered=1, expired=1), 0.5),
-    ("smsmode", "NOFINAL", YESTERDAY, counts(sent=1), None),
-]
+def expected(today: date) -> list[tuple[str, str, date, dict[str, int], float | None]]:
+    """The view's rows for send_history: provider, then newest day first, then sender."""
+    yesterday = today - timedelta(days=1)
+    return [
+        ("gatewayapi", "", today, counts(delivered=2, failed=1), 0.6667),
+        ("gatewayapi", "", yesterday, counts(delivered=1), 1.0),
+        ("smsmode", "36034", today, counts(delivered=2, failed=1, sent=1, queued=1), 0.6667),
+        ("smsmode", "INFO", today, counts(rejected=1, unknown=1), 0.0),
+        ("smsmode", "36034", yesterday, counts(delivered=1, expired=1), 0.5),
+        ("smsmode", "NOFINAL", yesterday, counts(sent=1), None),
+    ]
+
+
 TOTALS = [
     ("gatewayapi", counts(delivered=3, failed=1), 0.75),
     ("smsmode", counts(delivered=3, failed=1, expired=1, rejected=1, sent=2, queued=1, unknown=1), 0.5),
@@ -84,32 +95,32 @@ TOTALS = [
 
 
 def test_the_view_counts_messages_by_their_current_status(ingress_client: TestClient, drain: Drain,
-                                                          db: psycopg.Connection) -> None:
-    send_history(ingress_client, drain)
+                                                          db: psycopg.Connection, today: date) -> None:
+    send_history(ingress_client, drain, today)
     assert rows(db, "SELECT count(*) AS n FROM events WHERE kind = 'status'")[0]["n"] == 17
     view = {(r["provider"], r["sender"], r["day"]): r for r in rows(db, "SELECT * FROM deliverability_daily")}
     assert len(view) == 7  # the six above and gatewayapi 30 days ago
-    for provider, sender, day, expected, rate in EXPECTED:
+    for provider, sender, day, want, rate in expected(today):
         row = view[(provider, sender, day)]
-        assert {k: row[k] for k in COUNTS} == expected
+        assert {k: row[k] for k in COUNTS} == want
         assert row["delivery_rate"] is None if rate is None else round(row["delivery_rate"], 4) == Decimal(str(rate))
-    assert view[("gatewayapi", "", TODAY - timedelta(days=30))]["delivered"] == 1
+    assert view[("gatewayapi", "", today - timedelta(days=30))]["delivered"] == 1
 
 
 def test_stats_json_rows_and_totals(ingress_client: TestClient, drain: Drain, settings: Settings,
-                                    db: psycopg.Connection, cli: Cli) -> None:
-    send_history(ingress_client, drain)
+                                    db: psycopg.Connection, cli: Cli, today: date) -> None:
+    send_history(ingress_client, drain, today)
     code, out = cli(settings, "stats", "--json")
     assert code == 0
     report = json.loads(out)
     assert (report["days"], report["provider"]) == (14, None)
     assert report["rows"] == [{"provider": p, "sender": s, "day": d.isoformat(), **c, "delivery_rate": r}
-                              for p, s, d, c, r in EXPECTED]
+                              for p, s, d, c, r in expected(today)]
     assert report["totals"] == [{"provider": p, **c, "delivery_rate": r} for p, c, r in TOTALS]
 
     code, out = cli(settings, "stats", "--json", "--days", "1", "--provider", "smsmode")
-    assert [(r["sender"], r["day"]) for r in json.loads(out)["rows"]] == [("36034", TODAY.isoformat()),
-                                                                          ("INFO", TODAY.isoformat())]
+    assert [(r["sender"], r["day"]) for r in json.loads(out)["rows"]] == [("36034", today.isoformat()),
+                                                                          ("INFO", today.isoformat())]
     today_only = counts(delivered=2, failed=1, sent=1, queued=1, rejected=1, unknown=1)
     assert json.loads(out)["totals"] == [{"provider": "smsmode", **today_only, "delivery_rate": 0.5}]
     code, out = cli(settings, "stats", "--json", "--days", "30")  # today and the 29 days before: not 30 days ago
@@ -119,16 +130,16 @@ def test_stats_json_rows_and_totals(ingress_client: TestClient, drain: Drain, se
 
 
 def test_stats_table(ingress_client: TestClient, drain: Drain, settings: Settings, db: psycopg.Connection,
-                     cli: Cli) -> None:
-    send_history(ingress_client, drain)
+                     cli: Cli, today: date) -> None:
+    send_history(ingress_client, drain, today)
     code, out = cli(settings, "stats")
     assert code == 0
     lines = [line.split() for line in out.splitlines()]
     assert lines[0] == ["provider", "sender", "day", *COUNTS, "rate"]
-    assert lines[1] == ["gatewayapi", "-", TODAY.isoformat(), "2", "1", "0", "0", "0", "0", "0", "3", "66.7%"]
+    assert lines[1] == ["gatewayapi", "-", today.isoformat(), "2", "1", "0", "0", "0", "0", "0", "3", "66.7%"]
     assert lines[3] == ["gatewayapi", "(total)", "3", "1", "0", "0", "0", "0", "0", "4", "75.0%"]
-    assert lines[4] == ["smsmode", "36034", TODAY.isoformat(), "2", "1", "0", "0", "1", "1", "0", "5", "66.7%"]
-    assert lines[7] == ["smsmode", "NOFINAL", YESTERDAY.isoformat(), "0", "0", "0", "0", "1", "0", "0", "1", "-"]
+    assert lines[4] == ["smsmode", "36034", today.isoformat(), "2", "1", "0", "0", "1", "1", "0", "5", "66.7%"]
+    assert lines[7] == ["smsmode", "NOFINAL", (today - timedelta(days=1)).isoformat(), "0", "0", "0", "0", "1", "0", "0", "1", "-"]
     assert lines[8] == ["smsmode", "(total)", "3", "1", "1", "1", "2", "1", "1", "10", "50.0%"]
     assert len(lines) == 9
     header_width = len(out.splitlines()[0])
@@ -139,13 +150,13 @@ def test_stats_table(ingress_client: TestClient, drain: Drain, settings: Setting
 
 
 def test_a_senders_controls_are_escaped_in_the_table(ingress_client: TestClient, drain: Drain, settings: Settings,
-                                                      cli: Cli) -> None:
+                                                      cli: Cli, today: date) -> None:
     sender = "\x1b]0;pwned\x07\x1b[31mINFO\u202eevil\u2069\x9b"
-    post(ingress_client, "/webhooks/smsmode/status", smsmode("m1", "DELIVERED", sender, at(TODAY)))
+    post(ingress_client, "/webhooks/smsmode/status", smsmode("m1", "DELIVERED", sender, at(today)))
     drain()
     code, out = cli(settings, "stats")
     assert code == 0 and not UNSAFE.search(out.replace("\n", ""))
-    assert out.splitlines()[1].split()[:3] == ["smsmode", visible(sender), TODAY.isoformat()]
+    assert out.splitlines()[1].split()[:3] == ["smsmode", visible(sender), today.isoformat()]
     assert visible(sender) == "\\x1b]0;pwned\\x07\\x1b[31mINFO\\u202eevil\\u2069\\x9b"
     code, out = cli(settings, "stats", "--json")  # JSON escapes these itself (\u001b, \u202e)
     assert json.loads(out)["rows"][0]["sender"] == sender and not UNSAFE.search(out.replace("\n", ""))
