@@ -9,10 +9,12 @@ Same run, same servers (redis-server with the shipped `appendfsync always`, dura
 2. replay: with `hookstream worker -n N` (and the dispatcher) running, this process calls
    `workers.replay.replay` over the whole stream (`Selection()`): pages of ids go to the replay
    queue, the workers read, normalize and upsert them again (rows already exist, as in a real
-   replay after a normalizer fix). Events/s from the summary it returns. Two cases:
+   replay after a normalizer fix). Events/s from the summary it returns. Three cases:
    `unchanged` (what replay computes equals the stored rows: the upsert's WHERE … IS DISTINCT FROM
-   skips them, nothing is rewritten) and `rewrite` (every stored row made stale first by
-   decrementing its `normalizer_version`, as after a normalizer fix: every row is rewritten).
+   skips them, nothing is rewritten), run right after the load, the first to read what it wrote;
+   `unchanged_again`, the same once more (a replay of rows written earlier, as a real replay is);
+   and `rewrite` (every stored row made stale first by decrementing its `normalizer_version`, as
+   after a normalizer fix: every row is rewritten).
 A benchmark reports; it asserts nothing.
 """
 
@@ -73,7 +75,7 @@ def run(*, records: int = 100_000, workers: int = 2, log: Callable[[str], None] 
         procs = [hookstream(["worker", "-n", str(workers)], env), hookstream(["dispatch"], env)]
         wait_workers(redis, workers)
         runs: dict[str, Any] = {}
-        for case in ("unchanged", "rewrite"):
+        for case in ("unchanged", "unchanged_again", "rewrite"):
             if case == "rewrite":
                 # What a corrected normalizer does: every stored row differs from what replay computes.
                 with psycopg.connect(postgres.url, autocommit=True) as conn:
