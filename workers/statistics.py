@@ -5,8 +5,8 @@ changes by event, the dead letters by stream id. Without statistics (a fresh dat
 restored from a dump, which carries none, a partition in its first minute before autovacuum has
 looked at it) PostgreSQL plans those look-ups as sequential scans, and every page of the replay
 reads the whole table: measured on 20,000 stored records, the replay's UPDATE of the events took
-23 µs per entry instead of 11, and the cost grows with the table. A replay therefore analyzes first the tables that were never analyzed;
-tables autovacuum keeps are left alone.
+23 µs per entry instead of 11, and the cost grows with the table. A replay therefore analyzes
+first the tables that were never analyzed; tables autovacuum keeps are left alone.
 """
 
 from __future__ import annotations
