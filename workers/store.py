@@ -168,11 +168,17 @@ EVENTS_LIVE_SQL = EVENTS_INSERT + " ON CONFLICT DO NOTHING RETURNING dedupe_key"
 # A replay applies each event at its first delivery's receive time, never at the replayed entry's;
 # that time is also the partition its stored row lives in.
 # Whether the row is there too: a key whose event is missing (written off by hand) is stored again.
-# One probe of event_keys' index per key (shared/consent.py, LOAD_SQL, says why not `= ANY`).
+# One probe of event_keys' index per key (shared/consent.py, LOAD_SQL, says why not `= ANY`), and
+# one of the events' time index per key found. As `EXISTS`, the planner may hash the whole events
+# table once per page instead: it did whenever the partitioned table had no statistics of its own,
+# which autovacuum never gathers (18 ms a page of 500 at 50,000 events instead of 1.7, growing
+# with the table).
 FIRST_SEEN_SQL = (
-    "SELECT k.dedupe_key, k.received_at, EXISTS (SELECT 1 FROM events e WHERE e.received_at = k.received_at"
-    " AND e.dedupe_key = k.dedupe_key) FROM unnest(%b::text[]) AS u(dedupe_key) CROSS JOIN LATERAL"
-    " (SELECT dedupe_key, received_at FROM event_keys WHERE event_keys.dedupe_key = u.dedupe_key LIMIT 1) AS k"
+    "SELECT k.dedupe_key, k.received_at, e.there IS NOT NULL FROM unnest(%b::text[]) AS u(dedupe_key)"
+    " CROSS JOIN LATERAL (SELECT dedupe_key, received_at FROM event_keys"
+    " WHERE event_keys.dedupe_key = u.dedupe_key LIMIT 1) AS k"
+    " LEFT JOIN LATERAL (SELECT true AS there FROM events WHERE events.received_at = k.received_at"
+    " AND events.dedupe_key = k.dedupe_key LIMIT 1) AS e ON true"
 )
 EVENTS_REPLAY_SQL = (
     "UPDATE events AS e SET "
