@@ -9,7 +9,7 @@ zeros — then the same length test and E.164 formatting as `shared.phones._pars
 
 What a step needs from a country's metadata is looked up once per country, not once per number
 (the metadata, its national prefix pattern compiled, the length test's answer for each length),
-and phonenumbers' own prefix stripping runs only when that pattern matches: ~1.5 µs a number.
+and phonenumbers' own prefix stripping runs only when that pattern matches: ~1 µs a number.
 
 It uses private functions of phonenumbers, so it is enabled only for the version it was checked
 against (VERIFIED_VERSION); any other version falls back to phonenumbers (slower, same answers).
@@ -59,6 +59,13 @@ def _length_test(country_code: int, length: int) -> int:
     return pu._test_number_length("0" * length, metadata)
 
 
+@cache
+def _possible_lengths(country_code: int) -> frozenset[int]:
+    """The national number lengths that pass both length tests below as they are."""
+    return frozenset(length for length in range(_MIN_NSN, _MAX_NSN + 1)
+                     if _length_test(country_code, length) in _POSSIBLE)
+
+
 def e164_from_digits(digits: str) -> str | None:
     """What `normalize_phone("+" + digits)` gives when it parses; None when it does not.
 
@@ -77,12 +84,15 @@ def e164_from_digits(digits: str) -> str | None:
         return None
     rest = digits[size:]
     metadata, prefix = _country(country_code)
-    if metadata is None or len(rest) < _MIN_NSN:
+    if metadata is None:
         return None
-    if prefix is not None and prefix.match(rest):  # only then can phonenumbers strip anything
-        _, stripped, _ = pu._maybe_strip_national_prefix_carrier_code(rest, metadata)
-    else:
-        stripped = rest
+    if prefix is None or not prefix.match(rest):
+        # Nothing to strip (most numbers): the length tests alone decide, and the E.164 form is the
+        # input's own digits (the code's digits are the prefix found above).
+        return "+" + digits if len(rest) in _possible_lengths(country_code) else None
+    if len(rest) < _MIN_NSN:
+        return None
+    _, stripped, _ = pu._maybe_strip_national_prefix_carrier_code(rest, metadata)
     length = _length_test(country_code, len(stripped))
     if length not in _KEEP_UNSTRIPPED:
         rest = stripped
@@ -91,6 +101,17 @@ def e164_from_digits(digits: str) -> str | None:
     if not _MIN_NSN <= len(rest) <= _MAX_NSN or length not in _POSSIBLE:
         return None
     return f"+{country_code}{rest}"
+
+
+SEPARATORS = " -.()/"  # what normalize_phone drops before reading a number
+
+
+def without_separators(text: str) -> str:
+    """`text` without SEPARATORS; `str.translate` costs ~0.37 µs even when there is none to drop."""
+    for separator in SEPARATORS:
+        if separator in text:
+            text = text.replace(separator, "")
+    return text
 
 
 def digits_of(compact: str) -> str | None:

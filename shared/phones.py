@@ -41,7 +41,7 @@ def _normalize(raw: str, default_region: str | None) -> str | None:
     """`_parse` with `+<ASCII digits>` (and the `00…` and bare 8+ digit forms of it), the bulk of
     provider traffic, read by `fastphone`: the same answers, 3–4× faster."""
     text = raw.strip()
-    digits = fastphone.digits_of(text.translate(_SEPARATORS)) if fastphone.ENABLED else None
+    digits = fastphone.digits_of(fastphone.without_separators(text)) if fastphone.ENABLED else None
     if digits is None:
         return _parse(raw, default_region)
     return fastphone.e164_from_digits(digits) or text
