@@ -26,9 +26,12 @@ SUBJECT_SQL = f"SELECT {ROW_SQL_COLUMNS} FROM consent WHERE subject = ANY(%s::te
 DEACTIVATED_SQL = "SELECT max(deactivated_at) FROM consent_deactivations WHERE subject = %s"
 SEEN_SQL = "SELECT EXISTS (SELECT 1 FROM events WHERE phone = %s)"
 
+# OFFSET 0 keeps each look-up a probe of the events' phone index per id: without it the planner may
+# hash the whole events table instead, and did for 1,000 ids whenever the partitioned table had no
+# statistics of its own, which autovacuum never gathers (workers/store.py, FIRST_SEEN_SQL, alike).
 _KNOWN = (
     "WHEN i.phone OR EXISTS (SELECT 1 FROM consent k WHERE k.subject = i.subject)"
-    " OR EXISTS (SELECT 1 FROM events e WHERE e.phone = i.subject) THEN 'unknown' ELSE 'invalid'"
+    " OR EXISTS (SELECT 1 FROM events e WHERE e.phone = i.subject OFFSET 0) THEN 'unknown' ELSE 'invalid'"
 )
 # The input, each subject with its ordinal; with erasure hashes, each subject looked up under both
 # the number and its hash (an erased person who had opted out), still as an equality join.
